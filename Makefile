@@ -1,0 +1,34 @@
+# esl-export: `make demo` and `make test` work from a fresh clone; both install first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_PORT ?= 18180
+
+.PHONY: install test lint demo clean
+
+install: $(STAMP)
+
+# Re-runs only when a dependency file changes; otherwise `make install` is instant.
+$(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { apt-get update && apt-get install -y python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-test.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	$(BIN)/pytest
+
+demo: install
+	DEMO_PORT=$(DEMO_PORT) bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) airflow_home data .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,119 @@
+"""Daily export of Electronic Shelf Label data from a fleet of Hanshow ESL-Working servers.
+
+Wiring only: the logic lives in the ``esl_operators`` package. See README.md for configuration.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, task
+
+from esl_operators import EslAggregateOperator, EslFetchOperator
+
+with DAG(
+    dag_id="esl_export",
+    description="ESL-Working fleet -> sorted CSV partitions",
+    schedule="@daily",
+    start_date=datetime(2020, 1, 1),  # early, so backfills of past dates run
+    catchup=False,
+    max_active_runs=1,
+    render_template_as_native_obj=True,
+    tags=["esl"],
+    doc_md=__doc__,
+    params={
+        "servers": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string"},
+            title="Servers",
+            description="Connection ids of the ESL-Working servers. Empty: the Variable esl_servers.",
+        ),
+        "servers_per_batch": Param(
+            1,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Servers per batch",
+            description="Servers per fetch task; each batch becomes one esl_id_part_N.csv.",
+        ),
+        "lookback_days": Param(
+            7,
+            type="integer",
+            minimum=0,
+            maximum=3650,
+            title="Heartbeat lookback (days)",
+            description="Keep labels whose last heartbeat is at most this many days before the run date.",
+        ),
+        "max_records_per_store": Param(
+            50_000,
+            type="integer",
+            minimum=1,
+            title="Max rows per store",
+            description="Stop a store once this many rows are kept; capped stores are named in the manifest.",
+        ),
+        "max_concurrency": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Requests in flight per server",
+            description="Concurrent requests per server; weak in-store servers want a small number.",
+        ),
+        "max_threads": Param(
+            3,
+            type="integer",
+            minimum=1,
+            maximum=32,
+            title="Servers fetched at once per task",
+            description="Worker threads per fetch task, each with its own event loop.",
+        ),
+        "output_root": Param(
+            None,
+            type=["null", "string"],
+            title="Output root",
+            description="Folder or object-storage URL. Empty: the Variable esl_output_root, "
+            "else ./data/esl_export.",
+        ),
+        "header_style": Param(
+            "standard",
+            type="string",
+            enum=["standard", "legacy"],
+            title="CSV header style",
+            description="standard: English columns, UTC ISO timestamps. legacy: the old script's columns.",
+        ),
+        "timezone": Param(
+            "UTC",
+            type="string",
+            minLength=1,
+            title="Time zone (legacy style)",
+            description="IANA time zone for legacy-style timestamps, e.g. Asia/Shanghai.",
+        ),
+    },
+) as dag:
+
+    @task
+    def plan_batches(params: dict | None = None) -> list[list[str]]:
+        from esl_operators.config import resolve_servers, split_batches
+
+        assert params is not None
+        return split_batches(resolve_servers(params["servers"]), params["servers_per_batch"])
+
+    fetch = EslFetchOperator.partial(
+        task_id="fetch",
+        output_root="{{ params.output_root }}",
+        lookback_days="{{ params.lookback_days }}",
+        max_records_per_store="{{ params.max_records_per_store }}",
+        max_concurrency="{{ params.max_concurrency }}",
+        max_threads="{{ params.max_threads }}",
+        retries=2,
+        retry_delay=timedelta(minutes=1),
+    ).expand(servers=plan_batches())
+
+    EslAggregateOperator(
+        task_id="aggregate",
+        manifests=fetch.output,
+        output_root="{{ params.output_root }}",
+        header_style="{{ params.header_style }}",
+        timezone="{{ params.timezone }}",
+    )

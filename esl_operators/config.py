@@ -1,0 +1,87 @@
+"""Where run settings come from: DAG params first, then Airflow Variables, then defaults.
+
+One function per setting, called at run time by tasks (never at DAG-parse time).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from esl_operators.exceptions import ConfigError
+from esl_operators.storage import as_local_root
+
+SERVERS_VARIABLE = "esl_servers"
+OUTPUT_ROOT_VARIABLE = "esl_output_root"
+DEFAULT_OUTPUT_ROOT = "./data/esl_export"
+
+
+def parse_server_list(value: Any, source: str) -> list[str]:
+    """A list of connection ids: JSON text or a list, non-empty strings, no duplicates."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{source} must be a JSON list of connection ids, got {type(value).__name__}")
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{source} holds {item!r}, which is not a connection id")
+    duplicates = sorted({item for item in value if value.count(item) > 1})
+    if duplicates:
+        raise ConfigError(f"{source} lists {duplicates} more than once")
+    return list(value)
+
+
+def resolve_servers(param_value: Any) -> list[str]:
+    """The param ``servers`` when given, else the Variable ``esl_servers``."""
+    if param_value:
+        return parse_server_list(param_value, "param 'servers'")
+    from airflow.sdk import Variable
+
+    raw = Variable.get(SERVERS_VARIABLE, default=None)
+    if raw is None:
+        raise ConfigError(f"no servers: set the Variable {SERVERS_VARIABLE!r} or the param 'servers'")
+    servers = parse_server_list(raw, f"Variable {SERVERS_VARIABLE!r}")
+    if not servers:
+        raise ConfigError(f"Variable {SERVERS_VARIABLE!r} is an empty list")
+    return servers
+
+
+def split_batches(servers: list[str], servers_per_batch: int) -> list[list[str]]:
+    """Consecutive batches in list order; batch i becomes ``esl_id_part_{i+1}.csv``."""
+    if servers_per_batch < 1:
+        raise ConfigError(f"servers_per_batch must be >= 1, got {servers_per_batch}")
+    return [servers[i : i + servers_per_batch] for i in range(0, len(servers), servers_per_batch)]
+
+
+def resolve_output_root(param_value: str | None) -> Any:
+    """``ObjectStoragePath`` of the param ``output_root``, else the Variable, else ``./data/esl_export``.
+
+    A root without a scheme is a local folder, made absolute against the task's working directory.
+    """
+    from airflow.sdk import ObjectStoragePath, Variable
+
+    root = param_value or Variable.get(OUTPUT_ROOT_VARIABLE, default=None) or DEFAULT_OUTPUT_ROOT
+    if "://" not in root:
+        root = as_local_root(root).as_uri()
+    return ObjectStoragePath(root)
+
+
+def run_anchor(context: Mapping[str, Any]) -> tuple[datetime, str]:
+    """The heartbeat anchor (``data_interval_end``) and the output date folder of a run.
+
+    Never the wall clock: a backfill of a past date must look back from that date. Runs triggered
+    without a logical date fall back to the run's ``run_after``.
+    """
+    dag_run = context.get("dag_run")
+    anchor = (
+        context.get("data_interval_end") or context.get("logical_date") or getattr(dag_run, "run_after", None)
+    )
+    if anchor is None:
+        raise ConfigError("the run has no data_interval_end, logical_date or run_after to anchor on")
+    ds = context.get("ds") or anchor.strftime("%Y-%m-%d")
+    return anchor, ds

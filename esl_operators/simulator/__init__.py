@@ -1,0 +1,21 @@
+"""Deterministic simulator of Hanshow ESL-Working servers (HTTP API v3) for tests and benchmarks."""
+
+from .dataset import DEFAULT_STORE, Fleet, ServerData, build_fleet, envelope, reference_ms_for
+from .server import STATS_KEY, RunningServer, Stats, make_app, start_fleet, stop_fleet
+from .threaded import SimulatorThread
+
+__all__ = [
+    "DEFAULT_STORE",
+    "STATS_KEY",
+    "Fleet",
+    "RunningServer",
+    "ServerData",
+    "SimulatorThread",
+    "Stats",
+    "build_fleet",
+    "envelope",
+    "make_app",
+    "reference_ms_for",
+    "start_fleet",
+    "stop_fleet",
+]

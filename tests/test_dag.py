@@ -1,0 +1,150 @@
+"""The DAG: parses cleanly without network, and `dag.test()` publishes exactly the expected rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from esl_operators.csvformat import LEGACY_COLUMNS, STANDARD_COLUMNS
+from esl_operators.simulator import Fleet, SimulatorThread
+from tests.conftest import ANCHOR, ANCHOR_MS, REPO
+from tests.expected import expected_partition
+
+DAY_MS = 86_400_000
+
+
+def _load_dag():  # type: ignore[no-untyped-def]
+    """Parse the DAG folder the way the dag-processor does, with the network cut off."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access while parsing DAGs: {args}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", no_network)
+        patch.setattr(socket, "create_connection", no_network)
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags["esl_export"]
+
+
+def _without_retries(dag):  # type: ignore[no-untyped-def]
+    """dag.test() honours retry delays; a failing test should fail now, not in minutes."""
+    for task in dag.tasks:
+        task.retries = 0
+    return dag
+
+
+def test_dag_parses_without_network_or_variables() -> None:
+    dag = _load_dag()
+    assert dag is not None
+    assert {t.task_id for t in dag.tasks} == {"plan_batches", "fetch", "aggregate"}
+    assert dag.catchup is False
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert (dag.schedule, dag.timetable.expression) == ("@daily", "0 0 * * *")
+    params = dag.params.dump()
+    assert params == {
+        "servers": None,
+        "servers_per_batch": 1,
+        "lookback_days": 7,
+        "max_records_per_store": 50_000,
+        "max_concurrency": 4,
+        "max_threads": 3,
+        "output_root": None,
+        "header_style": "standard",
+        "timezone": "UTC",
+    }
+    for name, param in dag.params.items():
+        assert param.schema.get("type"), name
+        assert param.description, name
+
+
+def _connect(monkeypatch: pytest.MonkeyPatch, sim: SimulatorThread, out: Path) -> list[str]:
+    names = []
+    for i, port in enumerate(sim.ports):
+        name = f"esl_sim_{i}"
+        conn = {"conn_type": "http", "host": "127.0.0.1", "port": port}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}", json.dumps(conn))
+        names.append(name)
+    monkeypatch.setenv("AIRFLOW_VAR_ESL_SERVERS", json.dumps(names))
+    monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", str(out))
+    return names
+
+
+def _shanghai(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000 + 8 * 3600))
+
+
+def _read(path: Path) -> list[list[str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_dag_run_publishes_exact_sorted_partitions(
+    airflow_db: str,
+    simulator: SimulatorThread,
+    small_fleet: Fleet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = _connect(monkeypatch, simulator, tmp_path)
+    dag = _without_retries(_load_dag())
+    run = dag.test(logical_date=ANCHOR, run_conf={"servers_per_batch": 2})
+    assert run.state == "success"
+
+    out = tmp_path / "2024-05-10"
+    assert sorted(p.name for p in out.glob("*.csv")) == ["esl_id_part_1.csv", "esl_id_part_2.csv"]
+    cutoff = ANCHOR_MS - 7 * DAY_MS
+    part1 = _read(out / "esl_id_part_1.csv")
+    part2 = _read(out / "esl_id_part_2.csv")
+    assert part1[0] == list(STANDARD_COLUMNS)
+    assert part1[1:] == expected_partition(small_fleet, {0: names[0], 1: names[1]}, cutoff)
+    assert part2[1:] == expected_partition(small_fleet, {2: names[2]}, cutoff)
+    assert len(part1) > 100 and len(part2) > 50  # the window keeps a real share of the fleet
+
+    manifest = json.loads((out / "_manifest.json").read_text(encoding="utf-8"))
+    assert manifest["errors"] == []
+    assert [(p["file"], p["rows"]) for p in manifest["partitions"]] == [
+        ("esl_id_part_1.csv", len(part1) - 1),
+        ("esl_id_part_2.csv", len(part2) - 1),
+    ]
+    assert manifest["rows_by_server"][names[2]] == len(part2) - 1
+    assert "default" not in manifest["rows_by_store"][names[0]]
+    assert manifest["params"]["servers_per_batch"] == 2
+    assert manifest["heartbeat_cutoff"] == "2024-05-03T00:00:00Z"
+    assert not list(out.glob("_parts/.*.tmp"))
+
+
+def test_dag_run_legacy_style_and_lookback_param(
+    airflow_db: str,
+    simulator: SimulatorThread,
+    small_fleet: Fleet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = _connect(monkeypatch, simulator, tmp_path)
+    dag = _without_retries(_load_dag())
+    conf = {"servers": names[:1], "header_style": "legacy", "timezone": "Asia/Shanghai", "lookback_days": 3}
+    run = dag.test(logical_date=ANCHOR, run_conf=conf)
+    assert run.state == "success"
+
+    rows = _read(tmp_path / "2024-05-10" / "esl_id_part_1.csv")
+    expected = expected_partition(small_fleet, {0: names[0]}, ANCHOR_MS - 3 * DAY_MS)
+    assert rows[0] == list(LEGACY_COLUMNS)
+    assert len(rows) - 1 == len(expected) > 0
+    details = {d["esl_id"]: d for store in small_fleet.servers[0].stores.values() for d in store}
+    by_id = {r[0]: r for r in rows[1:]}
+    for want in expected:
+        got, detail = by_id[want[0]], details[want[0]]
+        # legacy: store, battery, frequency as in standard; product id shown as the chip family
+        assert (got[1], got[3], got[14]) == (want[1], want[5], want[17])
+        assert got[12] == (want[14] or want[13])
+        # timestamps: Asia/Shanghai is UTC+8 all year (no DST)
+        assert got[2] == _shanghai(detail["create_time"])
+        assert got[4] == _shanghai(detail["last_hb_time"])
+    assert [r[0] for r in rows[1:]] == [r[0] for r in expected]
