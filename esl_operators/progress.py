@@ -54,4 +54,4 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        log.info("%s: done, %s", self.server, self.line())
+        log.info("%s (finished)", self.line())

@@ -6,7 +6,9 @@ real ``~/airflow``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _HOME = tempfile.mkdtemp(prefix="esl-airflow-home-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.update(
     {
         "AIRFLOW_HOME": _HOME,
