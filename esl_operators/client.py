@@ -37,6 +37,13 @@ class ServerTarget:
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"server {self.name!r}: base URL must start with http:// or https://")
+        try:
+            url = URL(self.base_url)
+            _ = url.port  # yarl validates the port lazily; a bad one must fail here, not mid-fetch
+        except ValueError as exc:
+            raise ValueError(f"server {self.name!r}: unusable base URL ({exc})") from None
+        if not url.host:
+            raise ValueError(f"server {self.name!r}: base URL has no host")
 
     @property
     def display(self) -> str:
@@ -91,6 +98,10 @@ class EslClient:
         self._limiter = limiter
         self._timeout = timeout
         self._base = target.base_url.rstrip("/")
+        # aiohttp deprecates auth=; the header carries the same credentials and is never logged.
+        self._headers = dict(target.headers)
+        if target.auth is not None:
+            self._headers["Authorization"] = target.auth.encode()
 
     @property
     def server(self) -> str:
@@ -103,8 +114,7 @@ class EslClient:
             try:
                 async with self._session.get(
                     url,
-                    headers=dict(self._target.headers),
-                    auth=self._target.auth,
+                    headers=self._headers,
                     timeout=self._timeout,
                     ssl=None if self._target.verify_ssl else False,
                 ) as response:

@@ -1,0 +1,116 @@
+"""Bar charts as inline SVG, drawn by matplotlib (object API, no pyplot: no global figure state).
+
+Text stays text (``svg.fonttype: none``): the page is smaller, the browser renders any script the
+store codes use, and the numbers can be searched and copied. Each SVG is made safe to inline next to
+the others: no XML prolog, ids prefixed per chart (matplotlib numbers them from 1 in every figure).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Sequence
+
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+# Colours that stay distinct for the common colour-vision deficiencies and in greyscale print.
+BLUE = "#3b6ea8"
+RED = "#c0392b"
+AMBER = "#d68910"
+GREY = "#8c8c8c"
+
+_RC = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "esl-report",  # stable clip-path ids: the same data gives the same page
+    "text.parse_math": False,  # a store called "$5 $ale" must not turn into mathtext
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Noto Sans", "Arial", "Helvetica"],
+    "font.size": 9,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.edgecolor": "#555555",
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "grid.color": "#e3e3e3",
+    "grid.linewidth": 0.8,
+}
+_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def bar_chart(
+    chart_id: str,
+    categories: Sequence[str],
+    values: Sequence[int],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    colors: Sequence[str] | None = None,
+    horizontal: bool = False,
+) -> str:
+    """One bar per category, each bar labelled with its value; returns ``<svg ...>...</svg>``."""
+    count = max(len(categories), 1)
+    height = max(2.8, 0.6 + 0.26 * count) if horizontal else 3.2
+    figure = Figure(figsize=(6.4, height), layout="constrained")
+    with rc_context(_RC):
+        axes = figure.add_subplot()
+        axes.set_title(title, loc="left")
+        positions = list(range(len(categories)))
+        fill = list(colors) if colors else BLUE
+        if horizontal:
+            bars = axes.barh(positions, values, color=fill, height=0.7)
+            axes.set_yticks(positions, [_clip(c) for c in categories])
+            axes.invert_yaxis()  # first category on top, like a ranked table
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.grid(axis="y", visible=False)
+        else:
+            bars = axes.bar(positions, values, color=fill, width=0.75)
+            axes.set_xticks(positions, [_clip(c) for c in categories])
+            axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.grid(axis="x", visible=False)
+            if len(categories) > 8:
+                axes.tick_params(axis="x", labelrotation=35)
+                for label in axes.get_xticklabels():
+                    label.set_horizontalalignment("right")
+        texts = axes.bar_label(bars, labels=[f"{v:,}" for v in values], padding=2, fontsize=8)
+        for index, text in enumerate(texts):
+            text.set_gid(f"v{index}")  # becomes id="{chart_id}-v{index}": lets tests read the bar values
+        axes.margins(x=0.12 if horizontal else 0.02, y=0.02 if horizontal else 0.12)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        if not categories:
+            axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center", va="center", color=GREY)
+        return _to_svg(figure, chart_id, title)
+
+
+def _clip(label: str, limit: int = 28) -> str:
+    """Tick labels longer than this would squeeze the plot; the tables below carry the full text."""
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def _to_svg(figure: Figure, chart_id: str, title: str) -> str:
+    buffer = io.StringIO()
+    with warnings.catch_warnings():
+        # Layout measures text with DejaVu Sans, which lacks CJK glyphs; the browser draws them with
+        # its own fonts (fonttype "none"), so the warning would only be noise in the task log.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg") :]  # drop the XML prolog and DOCTYPE: not allowed inside HTML
+    # The RDF metadata block only names namespaces; dropping it keeps the page free of any URL.
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.DOTALL)
+    svg = re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", svg)
+    ids = set(_ID.findall(svg))
+    svg = _ID.sub(lambda m: f'id="{chart_id}-{m.group(1)}"', svg)
+    for old in sorted(ids, key=len, reverse=True):
+        svg = svg.replace(f"url(#{old})", f"url(#{chart_id}-{old})")
+        svg = svg.replace(f'href="#{old}"', f'href="#{chart_id}-{old}"')
+    # Scale with the page (viewBox kept), and announce the chart to screen readers by its title.
+    svg = re.sub(r'<svg ([^>]*?)width="[^"]+" height="[^"]+"', r"<svg \1", svg, count=1)
+    label = title.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{label}" class="chart" ', 1)
