@@ -6,6 +6,7 @@ Wiring only: the logic lives in the ``esl_operators`` package. See README.md for
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
@@ -68,6 +69,39 @@ with DAG(
             title="Servers fetched at once per task",
             description="Worker threads per fetch task, each with its own event loop.",
         ),
+        "on_server_error": Param(
+            "fail",
+            type="string",
+            enum=["fail", "skip"],
+            title="When a server or store fails",
+            description="fail: the batch's task fails after writing its manifest, so Airflow retries "
+            "that batch alone. skip: record the failure in the manifest and publish the rest.",
+        ),
+        "request_timeout_s": Param(
+            60,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=3600,
+            title="Request timeout (s)",
+            description="Total time for one request attempt; a connection extra 'timeout' overrides it.",
+        ),
+        "connect_timeout_s": Param(
+            10,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=600,
+            title="Connect timeout (s)",
+            description="Time to open a connection; a connection extra 'connect_timeout' overrides it.",
+        ),
+        "retry_attempts": Param(
+            5,
+            type="integer",
+            minimum=1,
+            maximum=20,
+            title="Attempts per request",
+            description="Tries per request (first included) on timeouts, resets, 5xx, 429 and broken bodies, "
+            "with exponential backoff and full jitter; Retry-After is honoured.",
+        ),
         "output_root": Param(
             None,
             type=["null", "string"],
@@ -93,11 +127,10 @@ with DAG(
 ) as dag:
 
     @task
-    def plan_batches(params: dict | None = None) -> list[list[str]]:
-        from esl_operators.config import resolve_servers, split_batches
+    def plan_batches(**context: Any) -> list[list[str]]:
+        from esl_operators.config import plan_run
 
-        assert params is not None
-        return split_batches(resolve_servers(params["servers"]), params["servers_per_batch"])
+        return plan_run(context["params"], context)
 
     fetch = EslFetchOperator.partial(
         task_id="fetch",
@@ -106,6 +139,10 @@ with DAG(
         max_records_per_store="{{ params.max_records_per_store }}",
         max_concurrency="{{ params.max_concurrency }}",
         max_threads="{{ params.max_threads }}",
+        on_server_error="{{ params.on_server_error }}",
+        request_timeout_s="{{ params.request_timeout_s }}",
+        connect_timeout_s="{{ params.connect_timeout_s }}",
+        retry_attempts="{{ params.retry_attempts }}",
         retries=2,
         retry_delay=timedelta(minutes=1),
     ).expand(servers=plan_batches())

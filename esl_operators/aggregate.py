@@ -1,7 +1,14 @@
 """Aggregate step: part files of one run into sorted, published CSV partitions plus ``_manifest.json``.
 
 One partition per fetch batch (``esl_id_part_{batch+1}.csv``); each is read, checked against its batch
-manifest, sorted and formatted on its own, so memory is bounded by the largest batch, not the fleet.
+manifest, cleaned, sorted and formatted on its own, so memory is bounded by the largest batch.
+
+Cleaning, each step counted in the manifest:
+
+* rows of a store (or server) that failed are dropped, so a published store is always complete;
+* an ESL id seen twice on one server keeps the row with the latest ``last_hb_time``.
+
+``_SUCCESS`` is written last; readers should wait for it.
 """
 
 from __future__ import annotations
@@ -11,18 +18,22 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pandas as pd
+
 from esl_operators.csvformat import check_style, columns_for, sort_part, to_output
 from esl_operators.exceptions import EslError
 from esl_operators.storage import (
     MANIFEST_NAME,
+    SUCCESS_NAME,
     PathLike,
     part_path,
     partition_name,
     read_part,
-    remove_stale_partitions,
+    remove_stale_outputs,
     run_dir,
     write_csv_atomic,
     write_json_atomic,
+    write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +51,26 @@ def _check_batches(manifests: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
     return ordered
 
 
+def drop_failed(part: pd.DataFrame, errors: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+    """Remove the rows of failed stores (``store`` empty: the whole server failed)."""
+    failed_servers = {e["server"] for e in errors if not e["store"]}
+    failed_stores = {(e["server"], e["store"]) for e in errors if e["store"]}
+    if not failed_servers and not failed_stores:
+        return part
+    keys = pd.Series(list(zip(part["server"], part["store"], strict=True)), index=part.index, dtype=object)
+    bad = part["server"].isin(failed_servers) | keys.isin(failed_stores)
+    return part.loc[~bad]
+
+
+def drop_duplicates(part: pd.DataFrame) -> pd.DataFrame:
+    """Keep one row per (server, esl_id): the latest ``last_hb_time``, ties to the first store by name."""
+    if not part.duplicated(["server", "esl_id"]).any():
+        return part
+    ranked = part.assign(_hb=pd.to_numeric(part["last_hb_time"]))
+    ranked = ranked.sort_values(["server", "esl_id", "_hb", "store"], ascending=[True, True, False, True])
+    return ranked.drop_duplicates(["server", "esl_id"], keep="first").drop(columns="_hb")
+
+
 def aggregate_run(
     manifests: Sequence[Mapping[str, Any]],
     *,
@@ -54,7 +85,9 @@ def aggregate_run(
     style, zone = check_style(header_style, timezone)
     ordered = _check_batches(manifests)
     folder = run_dir(output_root, ds)
+    (folder / SUCCESS_NAME).unlink(missing_ok=True)
     partitions: list[dict[str, Any]] = []
+    rows_by_store: dict[str, dict[str, int]] = {}
     for manifest in ordered:
         batch = manifest["batch"]
         part = read_part(part_path(output_root, ds, batch))
@@ -62,14 +95,27 @@ def aggregate_run(
             raise AggregateError(
                 f"batch {batch}: part file has {len(part)} rows, its fetch task reported {manifest['rows']}"
             )
+        complete = drop_failed(part, manifest["errors"])
+        unique = drop_duplicates(complete)
         name = partition_name(batch)
-        write_csv_atomic(folder / name, to_output(sort_part(part), style, zone))
-        partitions.append({"file": name, "rows": len(part), "servers": sorted(manifest["servers"])})
-        log.info("%s: %d rows", name, len(part))
-    stale = remove_stale_partitions(folder, {p["file"] for p in partitions})
-    run_manifest = _run_manifest(ordered, partitions, ds, style, params, stale)
+        write_csv_atomic(folder / name, to_output(sort_part(unique), style, zone))
+        partitions.append(
+            {
+                "file": name,
+                "rows": len(unique),
+                "servers": sorted(manifest["servers"]),
+                "dropped_failed_store_rows": len(part) - len(complete),
+                "dropped_duplicate_rows": len(complete) - len(unique),
+            }
+        )
+        for (server, store), count in unique.groupby(["server", "store"]).size().items():
+            rows_by_store.setdefault(server, {})[store] = int(count)
+        log.info("%s: %d rows", name, len(unique))
+    removed = remove_stale_outputs(folder, len(ordered))
+    run_manifest = _run_manifest(ordered, partitions, rows_by_store, ds, style, params, removed)
     run_manifest["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
     write_json_atomic(folder / MANIFEST_NAME, run_manifest)
+    write_text_atomic(folder / SUCCESS_NAME, "")
     return {
         "date": ds,
         "rows": run_manifest["rows"],
@@ -82,12 +128,18 @@ def aggregate_run(
 def _run_manifest(
     batches: Sequence[Mapping[str, Any]],
     partitions: list[dict[str, Any]],
+    rows_by_store: dict[str, dict[str, int]],
     ds: str,
     style: str,
     params: Mapping[str, Any] | None,
-    stale: list[str],
+    removed_files: list[str],
 ) -> dict[str, Any]:
     servers = {name: info for m in batches for name, info in m["servers"].items()}
+    stores = [s for info in servers.values() for s in info["stores"].values()]
+    blanked: dict[str, int] = {}
+    for store in stores:
+        for field, count in store.get("blanked_fields", {}).items():
+            blanked[field] = blanked.get(field, 0) + count
     return {
         "date": ds,
         "anchor": batches[0]["anchor"] if batches else None,
@@ -96,20 +148,28 @@ def _run_manifest(
         "columns": list(columns_for(style)),  # type: ignore[arg-type]
         "rows": sum(p["rows"] for p in partitions),
         "partitions": partitions,
-        "rows_by_server": {name: info["rows"] for name, info in servers.items()},
-        "rows_by_store": {
-            name: {store: s["rows"] for store, s in info["stores"].items()} for name, info in servers.items()
-        },
+        "rows_by_server": {name: sum(rows_by_store.get(name, {}).values()) for name in servers},
+        "rows_by_store": {name: rows_by_store.get(name, {}) for name in servers},
         "capped_stores": [c for m in batches for c in m["capped_stores"]],
         "errors": [e for m in batches for e in m["errors"]],
+        "stale_labels": sum(s["stale"] for s in stores),
         "invalid_records": {
-            "count": sum(m["invalid_records"] for m in batches),
+            "count": sum(s["invalid"] for s in stores),
             "listed": [
                 {"server": name, **r} for name, info in servers.items() for r in info["invalid_records"]
             ],
         },
-        "stale_labels": sum(s["stale"] for info in servers.values() for s in info["stores"].values()),
-        "removed_stale_partitions": stale,
+        "removed_labels": {
+            "count": sum(s.get("removed", 0) for s in stores),
+            "listed": [
+                {"server": name, **r} for name, info in servers.items() for r in info.get("removed_ids", [])
+            ],
+        },
+        "blanked_fields": dict(sorted(blanked.items())),
+        "duplicates_dropped": sum(p["dropped_duplicate_rows"] for p in partitions),
+        "failed_store_rows_dropped": sum(p["dropped_failed_store_rows"] for p in partitions),
+        "retries": sum(info.get("retries", 0) for info in servers.values()),
+        "removed_stale_files": removed_files,
         "params": dict(params or {}),
         "durations_s": {
             "batches": {str(m["batch"]): m["duration_s"] for m in batches},

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
+import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,22 +21,58 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from esl_operators.exceptions import EnvelopeError, EslApiError
+from esl_operators.exceptions import (
+    AuthError,
+    EnvelopeError,
+    EslApiError,
+    NotFoundError,
+    RetryableError,
+)
 from esl_operators.redaction import redact_url
+from esl_operators.retry import RetryPolicy, parse_retry_after
 
-DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
 DEFAULT_STORE = "default"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """Timeouts, body cap and retry policy shared by every request of a run.
+
+    :param timeout_s: total time for one attempt (connect, send, read the whole body).
+    :param connect_timeout_s: time to establish the connection.
+    :param max_body_bytes: a larger response is refused (memory safety on small workers).
+    """
+
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
 
 
 @dataclass(frozen=True)
 class ServerTarget:
-    """Where and how to reach one server. ``name`` is what rows and manifests call it."""
+    """Where and how to reach one server. ``name`` is what rows and manifests call it.
+
+    ``timeout_s``/``connect_timeout_s`` override the run's transport settings for this server
+    (connection extras ``timeout`` and ``connect_timeout``); ``ca_bundle`` verifies TLS against a
+    private CA; ``verify_ssl=False`` turns verification off (logged as a warning).
+    """
 
     name: str
     base_url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth: aiohttp.BasicAuth | None = field(default=None, repr=False)
     verify_ssl: bool = True
+    ca_bundle: str | None = None
+    timeout_s: float | None = None
+    connect_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -49,6 +89,21 @@ class ServerTarget:
     def display(self) -> str:
         """A name safe for logs: the connection id plus the redacted URL."""
         return f"{self.name} ({redact_url(self.base_url)})"
+
+    def timeout(self, transport: TransportSettings) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=self.timeout_s or transport.timeout_s,
+            connect=self.connect_timeout_s or transport.connect_timeout_s,
+        )
+
+    def ssl(self) -> ssl.SSLContext | bool:
+        """What aiohttp's connector should do about TLS for this server."""
+        if not self.verify_ssl:
+            log.warning("%s: TLS certificate verification is OFF (connection extra)", self.display)
+            return False
+        if self.ca_bundle:
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        return True
 
 
 @dataclass(frozen=True)
@@ -83,7 +138,13 @@ def unwrap(payload: Any, server: str, what: str) -> Any:
 
 
 class EslClient:
-    """The three API calls the export needs, each under the server's concurrency limit."""
+    """The three API calls the export needs, each under the server's concurrency limit, with retries.
+
+    Retried: connection errors and resets, timeouts, HTTP 5xx and 429, 200 bodies that are not valid
+    JSON (truncated), and error envelopes (busy servers answer 200 with a non-zero ``status_no``).
+    Not retried: 400, 401/403 (:class:`AuthError`), 404 (:class:`NotFoundError`), oversized bodies.
+    A slot of the semaphore is held only while a request is on the wire, never while backing off.
+    """
 
     def __init__(
         self,
@@ -91,45 +152,100 @@ class EslClient:
         target: ServerTarget,
         limiter: asyncio.Semaphore,
         *,
-        timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
+        transport: TransportSettings | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._session = session
         self._target = target
         self._limiter = limiter
-        self._timeout = timeout
+        self._transport = transport or TransportSettings()
+        self._timeout = target.timeout(self._transport)
+        self._rng = rng or random.Random()
         self._base = target.base_url.rstrip("/")
         # aiohttp deprecates auth=; the header carries the same credentials and is never logged.
         self._headers = dict(target.headers)
         if target.auth is not None:
             self._headers["Authorization"] = target.auth.encode()
+        self.requests = 0
+        self.retries = 0
 
     @property
     def server(self) -> str:
         return self._target.name
 
     async def get_data(self, path: str, what: str) -> Any:
-        """GET ``path`` (already encoded) and return the envelope's ``data``."""
+        """GET ``path`` (already encoded) and return the envelope's ``data``, retrying what is transient."""
+        policy = self._transport.retry
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                return await self._attempt(path, what)
+            except (RetryableError, EnvelopeError) as exc:
+                if attempt == policy.attempts:
+                    raise EslApiError(
+                        self.server,
+                        what,
+                        f"{exc.reason} (gave up after {attempt} attempts)",
+                        status=exc.status,
+                    ) from None
+                retry_after = exc.retry_after_s if isinstance(exc, RetryableError) else None
+                delay = policy.delay_s(attempt, retry_after, self._rng)
+                log.debug("%s: %s: %s; retry %d in %.2fs", self.server, what, exc.reason, attempt, delay)
+                self.retries += 1
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _attempt(self, path: str, what: str) -> Any:
         url = URL(self._base + path, encoded=True)
         async with self._limiter:
+            self.requests += 1
             try:
-                async with self._session.get(
-                    url,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                    ssl=None if self._target.verify_ssl else False,
-                ) as response:
-                    body = await response.read()
+                async with self._session.get(url, headers=self._headers, timeout=self._timeout) as response:
                     status = response.status
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    body = await self._read_capped(response, what)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}".replace(self._target.base_url, "")
-                raise EslApiError(self.server, what, f"request failed ({reason})") from None
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                raise RetryableError(
+                    self.server, what, f"request failed ({redact_url_text(reason)})"
+                ) from None
+        if status in (401, 403):
+            raise AuthError(
+                self.server,
+                what,
+                f"HTTP {status}: credentials of connection {self.server!r} refused",
+                status=status,
+            )
+        if status == 404:
+            raise NotFoundError(self.server, what, f"HTTP 404: {_snippet(body)}", status=status)
+        if status == 429 or status >= 500:
+            raise RetryableError(
+                self.server,
+                what,
+                f"HTTP {status}: {_snippet(body)}",
+                status=status,
+                retry_after_s=retry_after,
+            )
         if status != 200:
             raise EslApiError(self.server, what, f"HTTP {status}: {_snippet(body)}", status=status)
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise EslApiError(self.server, what, f"body is not JSON: {_snippet(body)}") from None
+            raise RetryableError(self.server, what, f"body is not valid JSON: {_snippet(body)}") from None
         return unwrap(payload, self.server, what)
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, what: str) -> bytes:
+        cap = self._transport.max_body_bytes
+        announced = response.content_length
+        if announced is not None and announced > cap:
+            raise EslApiError(self.server, what, f"response of {announced} bytes exceeds the {cap}-byte cap")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise EslApiError(self.server, what, f"response exceeds the {cap}-byte cap")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def list_stores(self) -> list[str]:
         """Store codes of the server, in server order, without the ``default`` store."""
@@ -162,6 +278,14 @@ class EslClient:
 
     async def get_detail(self, esl_id: str) -> Any:
         return await self.get_data(f"/api3/esls/{segment(esl_id)}", f"ESL {esl_id!r}")
+
+
+def redact_url_text(text: str) -> str:
+    """Redact any URL inside an error text (aiohttp puts the request URL in some messages)."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
 
 
 def _snippet(body: bytes, limit: int = 120) -> str:

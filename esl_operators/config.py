@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from esl_operators.exceptions import ConfigError
-from esl_operators.storage import as_local_root
+from esl_operators.storage import SUCCESS_NAME, as_local_root, run_dir
 
 SERVERS_VARIABLE = "esl_servers"
 OUTPUT_ROOT_VARIABLE = "esl_output_root"
@@ -56,6 +56,15 @@ def split_batches(servers: list[str], servers_per_batch: int) -> list[list[str]]
     if servers_per_batch < 1:
         raise ConfigError(f"servers_per_batch must be >= 1, got {servers_per_batch}")
     return [servers[i : i + servers_per_batch] for i in range(0, len(servers), servers_per_batch)]
+
+
+def plan_run(params: Mapping[str, Any], context: Mapping[str, Any]) -> list[list[str]]:
+    """First task of a run: the batches to fetch; the date's ``_SUCCESS`` is withdrawn until the end."""
+    batches = split_batches(resolve_servers(params.get("servers")), int(params["servers_per_batch"]))
+    _, ds = run_anchor(context)
+    folder = run_dir(resolve_output_root(params.get("output_root")), ds)
+    (folder / SUCCESS_NAME).unlink(missing_ok=True)
+    return batches
 
 
 def resolve_output_root(param_value: str | None) -> Any:

@@ -19,17 +19,17 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from esl_operators.client import EslClient, ServerTarget
-from esl_operators.exceptions import EslApiError, RecordError
-from esl_operators.pagination import iter_pages
+from esl_operators.client import EslClient, ServerTarget, TransportSettings
+from esl_operators.exceptions import AuthError, EslApiError, NotFoundError, RecordError
+from esl_operators.pagination import DEFAULT_MAX_PAGES, iter_pages
 from esl_operators.progress import Progress
-from esl_operators.records import esl_id_of, last_heartbeat_ms, to_part_row
+from esl_operators.records import DAY_MS, esl_id_of, last_heartbeat_ms, to_part_row
 
 log = logging.getLogger(__name__)
 
 # Rows are handed to the part writer in chunks: memory stays flat, the writer's lock stays cold.
 CHUNK_ROWS = 2_000
-# Skipped labels are always counted; only this many are listed by id in a manifest.
+# Left-out labels are always counted; only this many per store are listed by id in a manifest.
 MAX_LISTED = 100
 
 
@@ -37,18 +37,28 @@ class RowSink(Protocol):
     def write_rows(self, rows: Sequence[Sequence[str]]) -> None: ...
 
 
+def _default_max_valid_ms() -> int:
+    # The wall clock is used only to spot impossible (far-future) timestamps, never for the window.
+    return int(time.time() * 1000) + DAY_MS
+
+
 @dataclass(frozen=True)
 class FetchSettings:
     cutoff_ms: int
     max_concurrency: int = 4
     max_records_per_store: int = 50_000
+    max_pages: int = DEFAULT_MAX_PAGES
     progress_interval_s: float = 5.0
+    transport: TransportSettings = field(default_factory=TransportSettings)
+    max_valid_ms: int = field(default_factory=_default_max_valid_ms)
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.max_records_per_store < 1:
             raise ValueError(f"max_records_per_store must be >= 1, got {self.max_records_per_store}")
+        if self.max_pages < 1:
+            raise ValueError(f"max_pages must be >= 1, got {self.max_pages}")
 
 
 @dataclass
@@ -58,14 +68,26 @@ class StoreResult:
     seen: int = 0
     stale: int = 0
     invalid: int = 0
+    removed: int = 0
     capped: bool = False
     error: str | None = None
     invalid_samples: list[dict[str, str]] = field(default_factory=list)
+    removed_ids: list[str] = field(default_factory=list)
+    blanked_fields: dict[str, int] = field(default_factory=dict)
 
     def reject(self, esl_id: str, reason: str) -> None:
         self.invalid += 1
         if len(self.invalid_samples) < MAX_LISTED:
             self.invalid_samples.append({"esl_id": esl_id, "reason": reason})
+
+    def remove(self, esl_id: str) -> None:
+        self.removed += 1
+        if len(self.removed_ids) < MAX_LISTED:
+            self.removed_ids.append(esl_id)
+
+    def blank(self, issues: list[tuple[str, str]]) -> None:
+        for name, _reason in issues:
+            self.blanked_fields[name] = self.blanked_fields.get(name, 0) + 1
 
 
 @dataclass
@@ -74,6 +96,8 @@ class ServerResult:
     stores: list[StoreResult] = field(default_factory=list)
     error: str | None = None
     duration_s: float = 0.0
+    requests: int = 0
+    retries: int = 0
 
     @property
     def rows(self) -> int:
@@ -88,6 +112,8 @@ class ServerResult:
         return {
             "rows": self.rows,
             "duration_s": round(self.duration_s, 3),
+            "requests": self.requests,
+            "retries": self.retries,
             "error": self.error,
             "stores": {
                 s.store: {
@@ -95,6 +121,8 @@ class ServerResult:
                     "seen": s.seen,
                     "stale": s.stale,
                     "invalid": s.invalid,
+                    "removed": s.removed,
+                    "blanked_fields": dict(sorted(s.blanked_fields.items())),
                     "capped": s.capped,
                     "error": s.error,
                 }
@@ -103,7 +131,44 @@ class ServerResult:
             "invalid_records": [
                 {"store": s.store, **sample} for s in self.stores for sample in s.invalid_samples
             ],
+            "removed_ids": [{"store": s.store, "esl_id": i} for s in self.stores for i in s.removed_ids],
         }
+
+
+_REMOVED = object()  # marks a detail that answered 404: the label left between listing and detail
+
+
+def _primary(group: BaseExceptionGroup) -> BaseException:
+    """The error a failed task group stands for: credentials first, then the first API error."""
+    for kind in (AuthError, EslApiError):
+        matched = group.subgroup(kind)
+        if matched is not None:
+            return _leaves(matched)[0]
+    return group
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+async def _detail_or_removed(client: EslClient, esl_id: str) -> Any:
+    try:
+        return await client.get_detail(esl_id)
+    except NotFoundError:
+        return _REMOVED
+
+
+async def _fetch_details(client: EslClient, ids: list[str]) -> list[Any]:
+    """All details of one page, concurrently; the first real failure cancels the rest."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_detail_or_removed(client, esl_id)) for esl_id in ids]
+    except BaseExceptionGroup as group:
+        raise _primary(group) from None
+    return [task.result() for task in tasks]
 
 
 async def _fetch_store(
@@ -113,7 +178,7 @@ async def _fetch_store(
     buffer: list[tuple[str, ...]] = []
     try:
         # aclosing: leaving early (cap, error) must cancel the page fetched ahead, not leak it.
-        async with contextlib.aclosing(iter_pages(client, store)) as pages:
+        async with contextlib.aclosing(iter_pages(client, store, max_pages=settings.max_pages)) as pages:
             async for page in pages:
                 if page.number == 1:
                     progress.expect(page.total_pages * len(page.entries))
@@ -123,12 +188,11 @@ async def _fetch_store(
                         ids.append(esl_id_of(entry))
                     except RecordError as exc:
                         result.reject(str(exc.esl_id), f"page {page.number}: {exc.reason}")
-                async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(client.get_detail(esl_id)) for esl_id in ids]
+                details = await _fetch_details(client, ids)
                 progress.advance(len(ids))
-                for esl_id, task in zip(ids, tasks, strict=True):
+                for esl_id, detail in zip(ids, details, strict=True):
                     result.seen += 1
-                    row = _row_or_none(task.result(), esl_id, store, client.server, settings, result)
+                    row = _row_or_none(detail, esl_id, store, client.server, settings, result)
                     if row is None:
                         continue
                     buffer.append(row)
@@ -141,8 +205,10 @@ async def _fetch_store(
                     buffer = []
                 if result.capped:
                     break
-    except* EslApiError as group:
-        result.error = str(group.exceptions[0])
+    except AuthError:
+        raise  # not this store's problem: the whole server refuses us
+    except EslApiError as exc:
+        result.error = str(exc)
     if buffer:
         sink.write_rows(buffer)
     return result
@@ -152,18 +218,23 @@ def _row_or_none(
     detail: Any, esl_id: str, store: str, server: str, settings: FetchSettings, result: StoreResult
 ) -> tuple[str, ...] | None:
     """Apply the heartbeat window and build the row; count whatever is left out, and why."""
+    if detail is _REMOVED:
+        result.remove(esl_id)
+        return None
     try:
         if not isinstance(detail, dict):
             raise RecordError(esl_id, f"detail 'data' is a {type(detail).__name__}, not an object")
         if esl_id_of(detail) != esl_id:
             raise RecordError(esl_id, f"detail answered for esl_id {detail.get('esl_id')!r}")
-        if last_heartbeat_ms(detail) < settings.cutoff_ms:
+        if last_heartbeat_ms(detail, settings.max_valid_ms) < settings.cutoff_ms:
             result.stale += 1
             return None
-        return to_part_row(detail, store=store, server=server)
+        row, issues = to_part_row(detail, store=store, server=server, max_valid_ms=settings.max_valid_ms)
     except RecordError as exc:
         result.reject(esl_id, exc.reason)
         return None
+    result.blank(issues)
+    return row
 
 
 async def fetch_server(target: ServerTarget, settings: FetchSettings, sink: RowSink) -> ServerResult:
@@ -172,22 +243,28 @@ async def fetch_server(target: ServerTarget, settings: FetchSettings, sink: RowS
     result = ServerResult(target.name)
     progress = Progress(target.name, interval_s=settings.progress_interval_s)
     limiter = asyncio.Semaphore(settings.max_concurrency)
-    connector = aiohttp.TCPConnector(limit=settings.max_concurrency)
+    connector = aiohttp.TCPConnector(limit=settings.max_concurrency, ssl=target.ssl())
+    client: EslClient | None = None
     try:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
-            client = EslClient(session, target, limiter)
-            try:
-                stores = await client.list_stores()
-            except EslApiError as exc:
-                result.error = str(exc)
-                return result
+            client = EslClient(session, target, limiter, transport=settings.transport)
+            stores = await client.list_stores()
             log.info("%s: %d stores", target.display, len(stores))
-            result.stores = list(
-                await asyncio.gather(*(_fetch_store(client, s, settings, sink, progress) for s in stores))
-            )
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(_fetch_store(client, s, settings, sink, progress)) for s in stores
+                    ]
+            except BaseExceptionGroup as failed:
+                raise _primary(failed) from None
+            result.stores = [task.result() for task in tasks]
+    except EslApiError as exc:
+        result.error = str(exc)
     finally:
         progress.close()
         result.duration_s = time.monotonic() - started
+        if client is not None:
+            result.requests, result.retries = client.requests, client.retries
     return result
 
 

@@ -37,3 +37,27 @@ class RecordError(EslError):
 
 class ConfigError(EslError):
     """A parameter, Variable or connection is unusable."""
+
+
+class RetryableError(EslApiError):
+    """A failure worth another try: transport errors, timeouts, 5xx, 429, broken bodies, busy envelopes."""
+
+    def __init__(
+        self,
+        server: str,
+        what: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(server, what, reason, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class AuthError(EslApiError):
+    """401/403: the connection's credentials are refused. Never retried; fails the whole server."""
+
+
+class NotFoundError(EslApiError):
+    """404: the resource does not exist (for an ESL detail: removed since it was listed)."""

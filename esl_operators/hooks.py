@@ -9,26 +9,49 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from airflow.providers.http.hooks.http import HttpAsyncHook
 
 from esl_operators.client import ServerTarget
 from esl_operators.exceptions import ConfigError
 
+# Extras of ours that the hook would otherwise pass through as request headers.
+OWN_EXTRAS = ("connect_timeout",)
+
+
+def _seconds(conn_id: str, key: str, value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"connection {conn_id!r}: extra {key!r} must be a number of seconds") from None
+    if seconds <= 0:
+        raise ConfigError(f"connection {conn_id!r}: extra {key!r} must be positive")
+    return seconds
+
 
 async def _resolve(conn_id: str) -> ServerTarget:
     config = await HttpAsyncHook(method="GET", http_conn_id=conn_id).config()
     options = config.extra_options or {}
+    raw_headers = dict(config.headers or {})
+    own = {key: raw_headers.pop(key, None) for key in OWN_EXTRAS}
     # The hook passes unknown extras through as headers; headers must be strings on the wire.
-    headers = {str(k): str(v) for k, v in (config.headers or {}).items()}
+    headers = {str(k): str(v) for k, v in raw_headers.items()}
+    # "verify" (requests' convention, also "verify_ssl"): a boolean, or the path of a CA bundle.
     verify = options.get("verify_ssl", True)
+    is_path = isinstance(verify, str) and verify.lower() not in ("true", "false", "1", "0", "yes", "no")
     try:
         return ServerTarget(
             name=conn_id,
             base_url=config.base_url,
             headers=headers,
             auth=config.auth,
-            verify_ssl=str(verify).lower() not in ("false", "0", "no"),
+            verify_ssl=is_path or str(verify).lower() not in ("false", "0", "no"),
+            ca_bundle=verify if is_path else None,
+            timeout_s=_seconds(conn_id, "timeout", options.get("timeout")),
+            connect_timeout_s=_seconds(conn_id, "connect_timeout", own["connect_timeout"]),
         )
     except ValueError as exc:
         raise ConfigError(f"connection {conn_id!r}: {exc}") from None

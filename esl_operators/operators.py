@@ -9,13 +9,18 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from esl_operators.aggregate import aggregate_run
+from esl_operators.client import TransportSettings
 from esl_operators.config import parse_server_list, resolve_output_root, run_anchor
 from esl_operators.engine import FetchSettings, fetch_servers
-from esl_operators.exceptions import EslError
+from esl_operators.exceptions import ConfigError, EslError
 from esl_operators.hooks import resolve_targets
 from esl_operators.manifests import batch_manifest, error_summary
+from esl_operators.pagination import DEFAULT_MAX_PAGES
 from esl_operators.records import heartbeat_cutoff_ms
+from esl_operators.retry import RetryPolicy
 from esl_operators.storage import PartWriter, part_path, write_json_atomic
+
+ON_SERVER_ERROR = ("fail", "skip")
 
 
 class EslFetchError(EslError):
@@ -37,6 +42,15 @@ class EslFetchOperator(BaseOperator):
     :param max_records_per_store: Stop a store once this many rows are kept (named in the manifest).
     :param max_concurrency: Requests in flight per server.
     :param max_threads: Servers fetched at once, each in its own thread and event loop.
+    :param on_server_error: ``fail`` (default): after writing its part and manifest the task fails if
+        any server or store failed, so Airflow retries this batch alone. ``skip``: succeed anyway; the
+        failures are in the manifest and the aggregate step leaves the failed stores out.
+    :param request_timeout_s: Total time for one request attempt (connection extra ``timeout`` wins).
+    :param connect_timeout_s: Time to connect (connection extra ``connect_timeout`` wins).
+    :param retry_attempts: Tries per request on transient failures, the first included.
+    :param retry_max_delay_s: Cap of the exponential backoff between tries.
+    :param max_pages: A store announcing more pages than this is refused as a server bug.
+    :param max_body_mb: A response body larger than this is refused (memory safety).
     :param progress_interval_s: Seconds between progress lines in the task log.
     """
 
@@ -47,6 +61,10 @@ class EslFetchOperator(BaseOperator):
         "max_records_per_store",
         "max_concurrency",
         "max_threads",
+        "on_server_error",
+        "request_timeout_s",
+        "connect_timeout_s",
+        "retry_attempts",
     )
     ui_color = "#d8f3dc"
 
@@ -59,6 +77,13 @@ class EslFetchOperator(BaseOperator):
         max_records_per_store: int | str = 50_000,
         max_concurrency: int | str = 4,
         max_threads: int | str = 3,
+        on_server_error: str = "fail",
+        request_timeout_s: float | str = 60.0,
+        connect_timeout_s: float | str = 10.0,
+        retry_attempts: int | str = 5,
+        retry_max_delay_s: float = 30.0,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        max_body_mb: float = 32.0,
         progress_interval_s: float = 5.0,
         **kwargs: Any,
     ) -> None:
@@ -69,7 +94,34 @@ class EslFetchOperator(BaseOperator):
         self.max_records_per_store = max_records_per_store
         self.max_concurrency = max_concurrency
         self.max_threads = max_threads
+        self.on_server_error = on_server_error
+        self.request_timeout_s = request_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.retry_attempts = retry_attempts
+        self.retry_max_delay_s = retry_max_delay_s
+        self.max_pages = max_pages
+        self.max_body_mb = max_body_mb
         self.progress_interval_s = progress_interval_s
+
+    def _settings(self, cutoff_ms: int) -> FetchSettings:
+        if self.on_server_error not in ON_SERVER_ERROR:
+            raise ConfigError(
+                f"on_server_error must be one of {ON_SERVER_ERROR}, got {self.on_server_error!r}"
+            )
+        transport = TransportSettings(
+            timeout_s=float(self.request_timeout_s),
+            connect_timeout_s=float(self.connect_timeout_s),
+            max_body_bytes=int(float(self.max_body_mb) * 1024 * 1024),
+            retry=RetryPolicy(attempts=int(self.retry_attempts), max_delay_s=float(self.retry_max_delay_s)),
+        )
+        return FetchSettings(
+            cutoff_ms=cutoff_ms,
+            max_concurrency=int(self.max_concurrency),
+            max_records_per_store=int(self.max_records_per_store),
+            max_pages=int(self.max_pages),
+            progress_interval_s=self.progress_interval_s,
+            transport=transport,
+        )
 
     def execute(self, context: Any) -> dict[str, Any]:
         started = time.monotonic()
@@ -77,12 +129,7 @@ class EslFetchOperator(BaseOperator):
         batch = max(int(context["ti"].map_index), 0)  # -1 when the operator is used unmapped
         servers = parse_server_list(self.servers, f"task {self.task_id!r} param 'servers'")
         cutoff = heartbeat_cutoff_ms(anchor, int(self.lookback_days))
-        settings = FetchSettings(
-            cutoff_ms=cutoff,
-            max_concurrency=int(self.max_concurrency),
-            max_records_per_store=int(self.max_records_per_store),
-            progress_interval_s=self.progress_interval_s,
-        )
+        settings = self._settings(cutoff)
         targets = resolve_targets(servers)
         root = resolve_output_root(self.output_root)
         path = part_path(root, ds, batch)
@@ -99,7 +146,7 @@ class EslFetchOperator(BaseOperator):
         )
         write_json_atomic(path.with_suffix(".json"), manifest)
         self.log.info("batch %d: %d rows, %d errors", batch, manifest["rows"], len(manifest["errors"]))
-        if manifest["errors"]:
+        if manifest["errors"] and self.on_server_error == "fail":
             count = len(manifest["errors"])
             raise EslFetchError(f"batch {batch} had {count} failures:\n{error_summary(manifest)}")
         return manifest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -100,34 +101,40 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def _as_int(detail: Mapping[str, Any], key: str, *, required: bool = False) -> int | None:
-    """Read an integer field that some server builds send as a numeric string."""
-    value = detail.get(key)
+def parse_int(value: Any) -> int | None:
+    """An integer field as servers send it: int, integral float or numeric string; None if absent.
+
+    Raises ``ValueError`` with a short reason for anything else.
+    """
     if value is None or value == "":
-        if required:
-            raise RecordError(detail.get("esl_id"), f"{key} is missing")
         return None
     if isinstance(value, bool):
-        raise RecordError(detail.get("esl_id"), f"{key} is a boolean ({value!r})")
+        raise ValueError(f"{value!r} is a boolean, not an integer")
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
+    number: float | None = None
+    if isinstance(value, float):
+        number = value
+    elif isinstance(value, str):
         try:
             number = float(value.strip())
         except ValueError:
-            pass
-        else:
-            if number.is_integer():
-                return int(number)
-    raise RecordError(detail.get("esl_id"), f"{key} is not an integer ({value!r})")
+            number = None
+    if number is None or not number.is_integer():
+        raise ValueError(f"{value!r:.40} is not an integer")
+    return int(number)
 
 
-def _as_epoch_ms(detail: Mapping[str, Any], key: str, *, required: bool) -> int | None:
-    value = _as_int(detail, key, required=required)
-    if value is not None and not 0 <= value <= MAX_EPOCH_MS:
-        raise RecordError(detail.get("esl_id"), f"{key} is out of range ({value!r})")
+def last_heartbeat_ms(detail: Mapping[str, Any], max_valid_ms: int = MAX_EPOCH_MS) -> int:
+    """The detail's ``last_hb_time``; without a trustworthy one a label cannot be placed in the window."""
+    try:
+        value = parse_int(detail.get("last_hb_time"))
+    except ValueError as exc:
+        raise RecordError(detail.get("esl_id"), f"last_hb_time: {exc}") from None
+    if value is None:
+        raise RecordError(detail.get("esl_id"), "last_hb_time is missing")
+    if not 0 <= value <= max_valid_ms:
+        raise RecordError(detail.get("esl_id"), f"last_hb_time {value} is negative or in the far future")
     return value
 
 
@@ -139,29 +146,61 @@ def esl_id_of(entry: Any) -> str:
     return str(value)
 
 
-def last_heartbeat_ms(detail: Mapping[str, Any]) -> int:
-    """The detail's ``last_hb_time``, the field the recency filter needs; RecordError if unusable."""
-    value = _as_epoch_ms(detail, "last_hb_time", required=True)
-    assert value is not None  # required=True guarantees it
-    return value
+def _is_finite_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
-def to_part_row(detail: Mapping[str, Any], *, store: str, server: str) -> tuple[str, ...]:
-    """Turn one ESL detail into a part row (cells in ``PART_COLUMNS`` order).
+class _Fields:
+    """Reads the optional fields of one detail; a wrong one is blanked and noted, never fatal."""
 
-    Raises :class:`RecordError` naming the ESL and the field when the detail cannot be trusted.
+    def __init__(self, detail: Mapping[str, Any]) -> None:
+        self.detail = detail
+        self.issues: list[tuple[str, str]] = []
+
+    def integer(self, key: str, low: int, high: int | None) -> int | None:
+        try:
+            value = parse_int(self.detail.get(key))
+        except ValueError as exc:
+            self.issues.append((key, str(exc)))
+            return None
+        if value is not None and (value < low or (high is not None and value > high)):
+            self.issues.append((key, f"{value} is outside {low}..{'' if high is None else high}"))
+            return None
+        return value
+
+    def number(self, key: str) -> str:
+        value = self.detail.get(key)
+        if value is None or value == "" or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return cell(value)
+        if isinstance(value, str) and _is_finite_number(value):
+            return value.strip()
+        self.issues.append((key, f"{value!r:.40} is not a number"))
+        return ""
+
+
+def to_part_row(
+    detail: Mapping[str, Any], *, store: str, server: str, max_valid_ms: int = MAX_EPOCH_MS
+) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+    """Turn one ESL detail into a part row (cells in ``PART_COLUMNS`` order) and its field issues.
+
+    Rules (RELIABILITY.md): a missing, malformed, negative or far-future ``last_hb_time`` rejects the
+    label (:class:`RecordError`); any other malformed or impossible value (battery outside 0..100,
+    negative counts, a bad ``create_time``, a non-numeric temperature) is written empty and reported
+    as ``(field, reason)``; the rest of the row is kept.
     """
     esl_id = esl_id_of(detail)
-    last_hb = last_heartbeat_ms(detail)
-    created = _as_epoch_ms(detail, "create_time", required=False)
-    battery = _as_int(detail, "battery")
-    refresh_times = _as_int(detail, "refresh_times")
-    product_id = _as_int(detail, "product_id")
-    try:
-        family = chip_family(product_id)
-    except ValueError as exc:
-        raise RecordError(esl_id, str(exc)) from exc
-    return (
+    last_hb = last_heartbeat_ms(detail, max_valid_ms)
+    fields = _Fields(detail)
+    created = fields.integer("create_time", 0, max_valid_ms)
+    battery = fields.integer("battery", 0, 100)
+    refresh_times = fields.integer("refresh_times", 0, None)
+    led_times = fields.integer("led_times", 0, None)
+    product_id = fields.integer("product_id", 0, None)
+    temperature = fields.number("temperature")
+    row = (
         esl_id,
         store,
         server,
@@ -171,13 +210,14 @@ def to_part_row(detail: Mapping[str, Any], *, store: str, server: str) -> tuple[
         cell(detail.get("screen_size")),
         cell(detail.get("description")),
         cell(refresh_times),
-        cell(detail.get("led_times")),
+        cell(led_times),
         cell(detail.get("firmware")),
         cell(detail.get("rom")),
         cell(detail.get("extesl_id")),
         cell(product_id),
-        family,
+        chip_family(product_id),
         cell(detail.get("set_wor")),
-        cell(detail.get("temperature")),
+        temperature,
         repr(frequency(refresh_times, created, last_hb)),
     )
+    return row, fields.issues

@@ -8,6 +8,7 @@ Layout of one run::
 
     {output_root}/{ds}/esl_id_part_{n}.csv      published partitions, n = batch index + 1
     {output_root}/{ds}/_manifest.json            what the run did (rows, errors, params, durations)
+    {output_root}/{ds}/_SUCCESS                  written last, once everything above is in place
     {output_root}/{ds}/_parts/batch-{i}.csv      fetch task i's rows (intermediate)
     {output_root}/{ds}/_parts/batch-{i}.json     fetch task i's manifest (also returned via XCom)
 """
@@ -30,6 +31,7 @@ from esl_operators.records import PART_COLUMNS
 
 PARTS_DIR = "_parts"
 MANIFEST_NAME = "_manifest.json"
+SUCCESS_NAME = "_SUCCESS"
 _DS = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -93,6 +95,7 @@ class PartWriter:
         self.rows = 0
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(path)
         self._tmp = _temporary(path)
         self._handle = self._tmp.open("w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._handle, lineterminator="\n")
@@ -140,14 +143,38 @@ def write_csv_atomic(path: PathLike, frame: pd.DataFrame) -> None:
     tmp.rename(path)
 
 
-def remove_stale_partitions(directory: PathLike, keep: set[str]) -> list[str]:
-    """Delete ``esl_id_part_*.csv`` files an earlier run of the same date left and this run did not write."""
+_PARTITION = re.compile(r"esl_id_part_(\d+)\.csv")
+_PART = re.compile(r"batch-(\d+)\.(csv|json)")
+
+
+def remove_stale_outputs(directory: PathLike, batches: int) -> list[str]:
+    """Delete what an earlier run of the same date left behind and this run did not write.
+
+    Partitions and parts beyond this run's batch count (an earlier run had more batches) and
+    temporary files of killed attempts. Only names of our own patterns are touched.
+    """
     removed = []
-    for stale in directory.glob("esl_id_part_*.csv"):
-        if stale.name not in keep:
-            stale.unlink()
-            removed.append(stale.name)
+    for item in directory.glob("esl_id_part_*.csv"):
+        match = _PARTITION.fullmatch(item.name)
+        if match and int(match.group(1)) > batches:
+            removed.append(item.name)
+            item.unlink()
+    for item in (directory / PARTS_DIR).glob("batch-*"):
+        match = _PART.fullmatch(item.name)
+        if match and int(match.group(1)) >= batches:
+            removed.append(f"{PARTS_DIR}/{item.name}")
+            item.unlink()
+    for folder, prefix in ((directory, ""), (directory / PARTS_DIR, f"{PARTS_DIR}/")):
+        for item in folder.glob(".*.tmp"):
+            removed.append(prefix + item.name)
+            item.unlink()
     return sorted(removed)
+
+
+def remove_temporaries(path: PathLike) -> None:
+    """Delete temporary files a killed earlier attempt left for ``path`` (and only for it)."""
+    for item in path.parent.glob(f".{path.name}.*.tmp"):
+        item.unlink(missing_ok=True)
 
 
 def as_local_root(root: str) -> Path:

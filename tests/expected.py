@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from esl_operators.client import TransportSettings
+from esl_operators.retry import RetryPolicy
 from esl_operators.simulator import Fleet
 
 FAMILIES = ["stellarPro", "TI-CC2640", "Telink-8258", "nebular"]
@@ -55,3 +57,12 @@ def expected_partition(fleet: Fleet, servers: dict[int, str], cutoff_ms: int) ->
         if d["last_hb_time"] >= cutoff_ms
     ]
     return sorted(rows, key=lambda r: (float(r[17]), r[0], r[2], r[1]))
+
+
+def fast_transport(attempts: int = 3) -> TransportSettings:
+    """Real retries with tiny backoffs, so fault tests take milliseconds, not seconds."""
+    return TransportSettings(
+        timeout_s=10.0,
+        connect_timeout_s=5.0,
+        retry=RetryPolicy(attempts=attempts, base_delay_s=0.01, max_delay_s=0.05, max_retry_after_s=0.05),
+    )

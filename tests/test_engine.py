@@ -19,6 +19,7 @@ from esl_operators.records import PART_COLUMNS
 from esl_operators.simulator import DEFAULT_STORE, Fleet, SimulatorThread, build_fleet, envelope
 from esl_operators.storage import PartWriter, read_part
 from tests.conftest import ANCHOR_MS
+from tests.expected import fast_transport
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +50,12 @@ class ListSink:
 
 
 def settings(**overrides: Any) -> FetchSettings:
-    values: dict[str, Any] = {"cutoff_ms": CUTOFF_MS, "max_concurrency": 4, "progress_interval_s": 60.0}
+    values: dict[str, Any] = {
+        "cutoff_ms": CUTOFF_MS,
+        "max_concurrency": 4,
+        "progress_interval_s": 60.0,
+        "transport": fast_transport(),
+    }
     values.update(overrides)
     return FetchSettings(**values)
 
@@ -347,7 +353,7 @@ def test_http_500_on_page_two_fails_that_store_only() -> None:
     sink = ListSink()
     result = fetch_tiny(TinyServer(stores, fail_pages=frozenset({("beta", 2)})), sink)
 
-    error = "tiny: store 'beta' page 2: HTTP 500: 'upstream exploded'"
+    error = "tiny: store 'beta' page 2: HTTP 500: 'upstream exploded' (gave up after 3 attempts)"
     assert result.error is None
     assert result.errors() == [{"server": "tiny", "store": "beta", "error": error}]
     assert store_counts(result) == {
@@ -363,11 +369,11 @@ def test_http_500_on_page_two_fails_that_store_only() -> None:
 
 
 BAD_DETAILS: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
-    ("hb-soon", lambda e: {**e, "last_hb_time": "soon"}, "last_hb_time is not an integer ('soon')"),
+    ("hb-soon", lambda e: {**e, "last_hb_time": "soon"}, "last_hb_time: 'soon' is not an integer"),
     ("hb-missing", lambda e: {k: v for k, v in e.items() if k != "last_hb_time"}, "last_hb_time is missing"),
     ("not-an-object", lambda e: [e], "detail 'data' is a list, not an object"),
     ("other-id", lambda e: {**e, "esl_id": "Z-99"}, "detail answered for esl_id 'Z-99'"),
-    ("battery-text", lambda e: {**e, "battery": "full"}, "battery is not an integer ('full')"),
+    ("hb-negative", lambda e: {**e, "last_hb_time": -1}, "last_hb_time -1 is negative or in the far future"),
 ]
 
 

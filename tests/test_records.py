@@ -103,7 +103,8 @@ def _detail(**overrides: object) -> dict[str, object]:
 
 
 def test_part_row_exact() -> None:
-    row = to_part_row(_detail(), store="上海.001", server="esl_a")
+    row, issues = to_part_row(_detail(), store="上海.001", server="esl_a")
+    assert issues == []
     assert dict(zip(PART_COLUMNS, row, strict=True)) == {
         "esl_id": "01-00-00-2A",
         "store": "上海.001",
@@ -126,36 +127,71 @@ def test_part_row_exact() -> None:
     }
 
 
+def _row(**overrides: object) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    row, issues = to_part_row(_detail(**overrides), store="s", server="x", max_valid_ms=ANCHOR_MS + DAY_MS)
+    return dict(zip(PART_COLUMNS, row, strict=True)), issues
+
+
 def test_part_row_tolerates_numeric_strings_and_nulls() -> None:
-    row = dict(
-        zip(
-            PART_COLUMNS,
-            to_part_row(
-                _detail(battery=None, product_id=None, temperature=21, refresh_times="8", create_time=None),
-                store="s",
-                server="x",
-            ),
-            strict=True,
-        )
-    )
+    row, issues = _row(battery=None, product_id=None, temperature=21, refresh_times="8", create_time=None)
+    assert issues == []
     assert (row["battery"], row["product_id"], row["chip_family"], row["temperature"]) == ("", "", "", "21")
     assert (row["refresh_times"], row["create_time"], row["frequency"]) == ("8", "", "0.0")
+    row, issues = _row(temperature="-3.5", battery=100.0, led_times="0")
+    assert (row["temperature"], row["battery"], row["led_times"], issues) == ("-3.5", "100", "0", [])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "column", "issue"),
+    [
+        ({"battery": "n/a"}, "battery", ("battery", "'n/a' is not an integer")),
+        ({"battery": 101}, "battery", ("battery", "101 is outside 0..100")),
+        ({"battery": -1}, "battery", ("battery", "-1 is outside 0..100")),
+        ({"battery": True}, "battery", ("battery", "True is a boolean, not an integer")),
+        ({"battery": 55.5}, "battery", ("battery", "55.5 is not an integer")),
+        ({"refresh_times": "12x"}, "refresh_times", ("refresh_times", "'12x' is not an integer")),
+        ({"led_times": -4}, "led_times", ("led_times", "-4 is outside 0..")),
+        ({"create_time": -5}, "create_time", ("create_time", "-5 is outside 0..1715385600000")),
+        ({"create_time": ANCHOR_MS + 2 * DAY_MS}, "create_time",
+         ("create_time", "1715472000000 is outside 0..1715385600000")),
+        ({"product_id": "zz"}, "product_id", ("product_id", "'zz' is not an integer")),
+        ({"product_id": -3}, "product_id", ("product_id", "-3 is outside 0..")),
+        ({"temperature": {"c": 21}}, "temperature", ("temperature", "{'c': 21} is not a number")),
+        ({"temperature": "warm"}, "temperature", ("temperature", "'warm' is not a number")),
+        ({"temperature": "nan"}, "temperature", ("temperature", "'nan' is not a number")),
+    ],
+)  # fmt: skip
+def test_impossible_fields_are_blanked_and_reported(
+    overrides: dict[str, object], column: str, issue: tuple[str, str]
+) -> None:
+    row, issues = _row(**overrides)
+    assert row[column] == ""
+    assert issues == [issue]
+    assert row["esl_id"] == "01-00-00-2A"  # the label itself is kept
+    if column in ("refresh_times", "create_time"):
+        assert row["frequency"] == "0.0"
+    if column == "product_id":
+        assert row["chip_family"] == ""
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"last_hb_time": None}, "last_hb_time is missing"),
-        ({"last_hb_time": "yesterday"}, "last_hb_time is not an integer"),
-        ({"create_time": -5}, "create_time is out of range"),
-        ({"battery": "full"}, "battery is not an integer"),
-        ({"battery": True}, "battery is a boolean"),
-        ({"product_id": -3}, "product_id must not be negative"),
+        ({"last_hb_time": "yesterday"}, "last_hb_time: 'yesterday' is not an integer"),
+        ({"last_hb_time": -1}, "last_hb_time -1 is negative or in the far future"),
+        (
+            {"last_hb_time": ANCHOR_MS + 2 * DAY_MS},
+            "last_hb_time 1715472000000 is negative or in the far future",
+        ),
         ({"esl_id": ""}, "esl_id is missing"),
+        ({"esl_id": None}, "esl_id is missing"),
     ],
 )
-def test_part_row_rejects_with_named_id(overrides: dict[str, object], message: str) -> None:
+def test_labels_without_a_usable_heartbeat_or_id_are_rejected(
+    overrides: dict[str, object], message: str
+) -> None:
     with pytest.raises(RecordError, match=message) as caught:
-        to_part_row(_detail(**overrides), store="s", server="x")
-    if overrides.get("esl_id") != "":
+        _row(**overrides)
+    if "esl_id" not in overrides:
         assert "01-00-00-2A" in str(caught.value)

@@ -1,12 +1,15 @@
 """Deterministic simulator of Hanshow ESL-Working servers (HTTP API v3) for tests and benchmarks."""
 
 from .dataset import DEFAULT_STORE, Fleet, ServerData, build_fleet, envelope, reference_ms_for
+from .faults import TRANSIENT_KINDS, FaultProfile
 from .server import STATS_KEY, RunningServer, Stats, make_app, start_fleet, stop_fleet
 from .threaded import SimulatorThread
 
 __all__ = [
     "DEFAULT_STORE",
     "STATS_KEY",
+    "TRANSIENT_KINDS",
+    "FaultProfile",
     "Fleet",
     "RunningServer",
     "ServerData",

@@ -7,9 +7,22 @@ import asyncio
 import datetime as dt
 import signal
 import sys
+from dataclasses import replace
 
 from .dataset import build_fleet, reference_ms_for
+from .faults import TRANSIENT_KINDS, FaultProfile
 from .server import start_fleet, stop_fleet
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _index_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated server indexes, got {text!r}") from None
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +45,44 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="YYYY-MM-DD; timestamps are relative to its midnight UTC (default: today, UTC)",
     )
+    faults = parser.add_argument_group("deterministic fault injection (see faults.py)")
+    faults.add_argument("--fault-seed", type=int, default=0, help="seed of fault selection")
+    faults.add_argument("--fault-rate", type=float, default=0.0, help="share of paths failing once")
+    faults.add_argument(
+        "--fault-kinds",
+        type=_comma_list,
+        default=list(TRANSIENT_KINDS),
+        help=f"kinds of first-attempt faults (default {','.join(TRANSIENT_KINDS)})",
+    )
+    faults.add_argument("--retry-after", type=float, default=0.0, help="Retry-After of 429/503, seconds")
+    faults.add_argument("--slow-rate", type=float, default=0.0, help="share of paths slow once")
+    faults.add_argument("--slow-ms", type=float, default=0.0, help="delay of a slow first attempt")
+    faults.add_argument("--removed-rate", type=float, default=0.0, help="share of ESL ids answering 404")
+    faults.add_argument("--wrong-types-rate", type=float, default=0.0, help="share of ESL ids mangled")
+    faults.add_argument("--down-servers", type=_index_list, default=[], help="e.g. 1,2: refuse connections")
+    faults.add_argument("--unauthorized-servers", type=_index_list, default=[], help="e.g. 0: answer 401")
     return parser.parse_args(argv)
+
+
+def _fault_profiles(args: argparse.Namespace) -> dict[int, FaultProfile] | None:
+    """Profiles by server index, or None when no fault flag is given (plain serving)."""
+    base = FaultProfile(
+        seed=args.fault_seed,
+        transient_rate=args.fault_rate,
+        transient_kinds=tuple(args.fault_kinds),
+        retry_after_s=args.retry_after,
+        slow_rate=args.slow_rate,
+        slow_ms=args.slow_ms,
+        removed_rate=args.removed_rate,
+        wrong_types_rate=args.wrong_types_rate,
+    )
+    down, unauthorized = set(args.down_servers), set(args.unauthorized_servers)
+    outside = sorted(i for i in down | unauthorized if not 0 <= i < args.servers)
+    if outside:
+        raise ValueError(f"server indexes {outside} outside 0..{args.servers - 1}")
+    if base.injects_nothing and not down and not unauthorized:
+        return None
+    return {i: replace(base, down=i in down, unauthorized=i in unauthorized) for i in range(args.servers)}
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -44,6 +94,7 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     day = args.reference_date or dt.datetime.now(dt.UTC).date()
     try:
+        faults = _fault_profiles(args)
         fleet = build_fleet(
             servers=args.servers,
             stores=args.stores,
@@ -57,11 +108,17 @@ async def _serve(args: argparse.Namespace) -> None:
     if stop.is_set():  # signalled while building: never start listening
         return
     servers = await start_fleet(
-        fleet, host=args.host, base_port=args.base_port, latency_ms=args.latency_ms, capacity=args.capacity
+        fleet,
+        host=args.host,
+        base_port=args.base_port,
+        latency_ms=args.latency_ms,
+        capacity=args.capacity,
+        faults=faults,
     )
     try:
         for running in servers:
-            print(f"server {running.index} listening on {running.url}", flush=True)
+            state = "down (refusing connections)" if running.down else "listening"
+            print(f"server {running.index} {state} on {running.url}", flush=True)
         await stop.wait()
     finally:
         await stop_fleet(servers)

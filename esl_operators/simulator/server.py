@@ -5,18 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from .dataset import Fleet, ServerData, envelope
+from .faults import INJECTED_KINDS, FaultProfile, retry_after_text
 
 # Error codes of the simulated API (the values clients see in error_code / status_no).
 CODE_BAD_REQUEST = 1
 CODE_STORE_NOT_FOUND = 2
 CODE_ESL_NOT_FOUND = 3
+# Codes of injected faults (see faults.py).
+CODE_BUSY = 4
+CODE_UNAVAILABLE = 5
+CODE_RATE_LIMITED = 6
+CODE_UNAUTHORIZED = 7
 
 # Graceful shutdown waits this long for in-flight handlers; bounded so tests stop quickly.
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -24,9 +32,20 @@ SHUTDOWN_TIMEOUT_S = 2.0
 _POSITIVE_INT = re.compile(r"[0-9]+")
 
 
+def _no_injections() -> dict[str, int]:
+    return dict.fromkeys(INJECTED_KINDS, 0)
+
+
 @dataclass
 class Stats:
-    """Request counters of one simulated server (mutated only on its event loop)."""
+    """Request counters of one simulated server (mutated only on its event loop).
+
+    ``total`` counts every request. ``users``/``pages``/``details``/``errors`` count requests
+    that reached their route, so a request answered by an injected transient fault or 401 is
+    counted only in ``total`` and ``injected`` (removed and wrong-typed details do reach the
+    route). ``injected`` has one counter per ``INJECTED_KINDS`` value: responses served with
+    that fault ("reset": connections dropped; "slow": first attempts delayed).
+    """
 
     users: int = 0
     pages: int = 0
@@ -37,6 +56,7 @@ class Stats:
     # Highest number of requests worked on at once: lets tests check ``capacity`` without
     # fragile wall-clock assertions.
     max_in_flight: int = 0
+    injected: dict[str, int] = field(default_factory=_no_injections)
 
 
 STATS_KEY = web.AppKey("stats", Stats)
@@ -47,20 +67,30 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _json_body(body, status)
+
+
+def _json_body(body: bytes, status: int) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
 
 
 class _SimulatedServer:
-    """Route handlers plus the throttling state of one app."""
+    """Route handlers plus the throttling and fault-injection state of one app."""
 
-    def __init__(self, server: ServerData, page_size: int, latency_ms: float, capacity: int) -> None:
+    def __init__(
+        self, server: ServerData, page_size: int, latency_ms: float, capacity: int, faults: FaultProfile
+    ) -> None:
         self.server = server
         self.page_size = page_size
         self.latency_s = max(0.0, latency_ms) / 1000
         self.capacity = capacity
+        self.faults = faults
         self.stats = Stats()
         # Created lazily on first use so it belongs to the loop that actually serves.
         self._slots: asyncio.Semaphore | None = None
+        # Paths whose first attempt already got its transient fault or delay; only selected
+        # paths are stored, so memory stays bounded by the fault rate.
+        self._faulted: set[str] = set()
 
     @web.middleware
     async def throttle(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -86,7 +116,59 @@ class _SimulatedServer:
 
     def _error(self, status: int, code: int, message: str) -> web.Response:
         self.stats.errors += 1
+        return self._envelope_error(status, code, message)
+
+    def _envelope_error(self, status: int, code: int, message: str) -> web.Response:
         return _json(envelope(self.server.index, None, code=code, message=message), status)
+
+    def _inject(self, kind: str) -> None:
+        self.stats.injected[kind] += 1
+
+    @web.middleware
+    async def inject_faults(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Answer with the profile's faults; installed only when the profile injects any."""
+        faults = self.faults
+        if faults.unauthorized:
+            self._inject("unauthorized")
+            return self._envelope_error(401, CODE_UNAUTHORIZED, "unauthorized")
+        path = request.path
+        kind = faults.transient_kind(path)
+        slow = faults.is_slow(path)
+        if not (kind or slow) or path in self._faulted:
+            return await handler(request)
+        # Marked on arrival: a retry sent while this attempt is still delayed is the second one.
+        self._faulted.add(path)
+        if slow:
+            self._inject("slow")
+            await _sleep_unless_disconnected(request, faults.slow_ms / 1000)
+        if kind is None:
+            return await handler(request)
+        return await self._transient(kind, request, handler)
+
+    async def _transient(self, kind: str, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        retry_after = {"Retry-After": retry_after_text(self.faults.retry_after_s)}
+        if kind == "503":
+            response = self._envelope_error(503, CODE_UNAVAILABLE, "service unavailable")
+            response.headers.update(retry_after)
+        elif kind == "429":
+            response = self._envelope_error(429, CODE_RATE_LIMITED, "too many requests")
+            response.headers.update(retry_after)
+        elif kind == "envelope":
+            response = self._envelope_error(200, CODE_BUSY, "temporarily busy")
+        elif kind == "reset":
+            _reset_connection(request)
+            # aiohttp fails to write this to the aborted transport and drops it quietly.
+            response = web.Response(status=500)
+        elif kind == "truncated":
+            real = await handler(request)
+            if not isinstance(real, web.Response) or not isinstance(real.body, bytes):
+                return real  # only our own JSON responses can be cut; never reached by the API
+            # The status line survives, as when a link drops mid-body; the API's are 200.
+            response = _json_body(_cut_json(real.body), real.status)
+        else:
+            raise AssertionError(f"unhandled transient fault kind {kind!r}")
+        self._inject(kind)
+        return response
 
     async def users(self, request: web.Request) -> web.Response:
         self.stats.users += 1
@@ -112,18 +194,78 @@ class _SimulatedServer:
 
     async def detail(self, request: web.Request) -> web.Response:
         self.stats.details += 1
-        esl = self.server.detail(request.match_info["esl_id"])
+        esl_id = request.match_info["esl_id"]
+        esl = self.server.detail(esl_id)
         if esl is None:
             return self._error(404, CODE_ESL_NOT_FOUND, "esl not found")
+        if self.faults.is_removed(esl_id):
+            self._inject("removed")
+            # Same answer as a truly unknown id: the label vanished between listing and detail.
+            return self._envelope_error(404, CODE_ESL_NOT_FOUND, "esl not found")
+        if self.faults.is_wrong_typed(esl_id):
+            self._inject("wrong_types")
+            esl = self.faults.mangle(esl)
         return _json(envelope(self.server.index, esl))
 
 
+async def _sleep_unless_disconnected(request: web.Request, seconds: float) -> None:
+    """Sleep, but stop early once the client has gone (it timed out, as slow faults intend).
+
+    aiohttp does not cancel handlers when clients disconnect, so without this abandoned slow
+    requests would hold capacity slots and delay shutdown by up to ``slow_ms``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (remaining := deadline - loop.time()) > 0:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(min(remaining, 0.05))
+
+
+def _reset_connection(request: web.Request) -> None:
+    """Drop the connection with a TCP RST, the way a crashing server or proxy does."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Linger 0: close() sends RST instead of FIN, so the client sees "connection reset".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _cut_json(body: bytes) -> bytes:
+    """A non-empty strict prefix of ``body`` (a JSON object, so the prefix never parses).
+
+    The cut never splits a UTF-8 sequence: the prefix decodes, only JSON parsing fails.
+    """
+    cut = max(1, len(body) // 2)
+    while cut > 1 and body[cut] & 0xC0 == 0x80:  # continuation byte: back off to a boundary
+        cut -= 1
+    return body[:cut]
+
+
 def make_app(
-    server: ServerData, *, page_size: int, latency_ms: float = 0, capacity: int = 0
+    server: ServerData,
+    *,
+    page_size: int,
+    latency_ms: float = 0,
+    capacity: int = 0,
+    faults: FaultProfile | None = None,
 ) -> web.Application:
-    """The API of one server. ``capacity`` > 0 limits concurrently worked-on requests."""
-    sim = _SimulatedServer(server, page_size, latency_ms, capacity)
-    app = web.Application(middlewares=[sim.throttle])
+    """The API of one server. ``capacity`` > 0 limits concurrently worked-on requests.
+
+    ``faults`` injects deterministic faults (see faults.py); ``down`` is handled by
+    :func:`start_fleet`, since an app cannot refuse connections.
+    """
+    profile = faults or FaultProfile()
+    sim = _SimulatedServer(server, page_size, latency_ms, capacity, profile)
+    middlewares = [sim.throttle]
+    if not profile.injects_nothing:
+        # Inside throttle: faulted requests cost latency and hold a slot like real ones.
+        middlewares.append(sim.inject_faults)
+    app = web.Application(middlewares=middlewares)
     app[STATS_KEY] = sim.stats
     app[SERVER_KEY] = server
     app.router.add_get("/api3/users", sim.users)
@@ -140,6 +282,12 @@ class RunningServer:
     runner: web.AppRunner
     host: str
     port: int
+    # Set for a "down" server: bound to the port but never listening, so connects are refused.
+    blocker: socket.socket | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.blocker is not None
 
     @property
     def url(self) -> str:
@@ -155,7 +303,11 @@ class RunningServer:
         return self.runner.app[STATS_KEY]
 
     async def close(self) -> None:
-        await self.runner.cleanup()
+        try:
+            await self.runner.cleanup()
+        finally:
+            if self.blocker is not None:
+                self.blocker.close()
 
 
 async def start_fleet(
@@ -165,27 +317,59 @@ async def start_fleet(
     base_port: int,
     latency_ms: float = 0,
     capacity: int = 0,
+    faults: FaultProfile | Mapping[int, FaultProfile] | None = None,
 ) -> list[RunningServer]:
-    """Start server i on ``base_port + i`` (``base_port=0``: any free port, see ``.port``)."""
+    """Start server i on ``base_port + i`` (``base_port=0``: any free port, see ``.port``).
+
+    ``faults``: one profile for every server, or profiles by server index (servers missing
+    from the mapping inject nothing). A ``down`` server occupies its port but refuses
+    connections.
+    """
     started: list[RunningServer] = []
     try:
         for data in fleet.servers:
-            app = make_app(data, page_size=fleet.page_size, latency_ms=latency_ms, capacity=capacity)
+            profile = faults.get(data.index) if isinstance(faults, Mapping) else faults
+            app = make_app(
+                data, page_size=fleet.page_size, latency_ms=latency_ms, capacity=capacity, faults=profile
+            )
             # No access log: benchmarks issue hundreds of thousands of requests.
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             await runner.setup()
             port = base_port + data.index if base_port else 0
+            blocker = None
             try:
-                await web.TCPSite(runner, host, port).start()
+                if profile is not None and profile.down:
+                    blocker = _bind_without_listening(host, port)
+                    actual_port = blocker.getsockname()[1]
+                else:
+                    await web.TCPSite(runner, host, port).start()
+                    actual_port = runner.addresses[0][1]
             except BaseException:
                 await runner.cleanup()
                 raise
-            actual_port = runner.addresses[0][1]
-            started.append(RunningServer(index=data.index, runner=runner, host=host, port=actual_port))
+            started.append(
+                RunningServer(index=data.index, runner=runner, host=host, port=actual_port, blocker=blocker)
+            )
     except BaseException:
         await stop_fleet(started)
         raise
     return started
+
+
+def _bind_without_listening(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) that never listens: connects to it are refused.
+
+    No SO_REUSEADDR, so no other socket (another server, or a test) can bind the port while
+    the simulated server is down.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def stop_fleet(servers: list[RunningServer]) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping
 from types import TracebackType
 
 from .dataset import Fleet
+from .faults import FaultProfile
 from .server import RunningServer, Stats, start_fleet, stop_fleet
 
 
@@ -14,7 +16,8 @@ class SimulatorThread:
     """Context manager serving ``fleet`` from its own thread and event loop.
 
     The caller's thread stays free for synchronous clients or its own event loop. Ports are
-    free ones by default (``base_port=0``) so parallel test runs never collide.
+    free ones by default (``base_port=0``) so parallel test runs never collide. ``faults`` is
+    passed to :func:`start_fleet` (one profile for all servers, or profiles by index).
     """
 
     def __init__(
@@ -25,6 +28,7 @@ class SimulatorThread:
         base_port: int = 0,
         latency_ms: float = 0,
         capacity: int = 0,
+        faults: FaultProfile | Mapping[int, FaultProfile] | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -33,6 +37,7 @@ class SimulatorThread:
         self._base_port = base_port
         self._latency_ms = latency_ms
         self._capacity = capacity
+        self._faults = faults
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,6 +131,7 @@ class SimulatorThread:
                 base_port=self._base_port,
                 latency_ms=self._latency_ms,
                 capacity=self._capacity,
+                faults=self._faults,
             )
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self._error = exc
