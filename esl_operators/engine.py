@@ -24,6 +24,7 @@ from esl_operators.exceptions import AuthError, EslApiError, NotFoundError, Reco
 from esl_operators.pagination import DEFAULT_MAX_PAGES, iter_pages
 from esl_operators.progress import Progress
 from esl_operators.records import DAY_MS, esl_id_of, last_heartbeat_ms, to_part_row
+from esl_operators.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,36 @@ class FetchSettings:
             raise ValueError(f"max_records_per_store must be >= 1, got {self.max_records_per_store}")
         if self.max_pages < 1:
             raise ValueError(f"max_pages must be >= 1, got {self.max_pages}")
+
+
+def make_settings(
+    *,
+    cutoff_ms: int,
+    max_concurrency: int = 4,
+    max_records_per_store: int = 50_000,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    request_timeout_s: float = 60.0,
+    connect_timeout_s: float = 10.0,
+    retry_attempts: int = 5,
+    retry_max_delay_s: float = 30.0,
+    max_body_mb: float = 32.0,
+    progress_interval_s: float = 5.0,
+) -> FetchSettings:
+    """Settings from the flat options the operator and the command line expose (same defaults)."""
+    transport = TransportSettings(
+        timeout_s=float(request_timeout_s),
+        connect_timeout_s=float(connect_timeout_s),
+        max_body_bytes=int(float(max_body_mb) * 1024 * 1024),
+        retry=RetryPolicy(attempts=int(retry_attempts), max_delay_s=float(retry_max_delay_s)),
+    )
+    return FetchSettings(
+        cutoff_ms=cutoff_ms,
+        max_concurrency=int(max_concurrency),
+        max_records_per_store=int(max_records_per_store),
+        max_pages=int(max_pages),
+        progress_interval_s=progress_interval_s,
+        transport=transport,
+    )
 
 
 @dataclass

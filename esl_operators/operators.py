@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
 from esl_operators.aggregate import aggregate_run
-from esl_operators.client import TransportSettings
+from esl_operators.batch import error_summary, run_batch
 from esl_operators.config import parse_server_list, resolve_output_root, run_anchor
-from esl_operators.engine import FetchSettings, fetch_servers
+from esl_operators.engine import FetchSettings, make_settings
 from esl_operators.exceptions import ConfigError, EslError
 from esl_operators.hooks import resolve_targets
-from esl_operators.manifests import batch_manifest, error_summary
 from esl_operators.pagination import DEFAULT_MAX_PAGES
 from esl_operators.records import heartbeat_cutoff_ms
-from esl_operators.retry import RetryPolicy
-from esl_operators.storage import PartWriter, part_path, write_json_atomic
 
 ON_SERVER_ERROR = ("fail", "skip")
 
@@ -108,23 +104,20 @@ class EslFetchOperator(BaseOperator):
             raise ConfigError(
                 f"on_server_error must be one of {ON_SERVER_ERROR}, got {self.on_server_error!r}"
             )
-        transport = TransportSettings(
-            timeout_s=float(self.request_timeout_s),
-            connect_timeout_s=float(self.connect_timeout_s),
-            max_body_bytes=int(float(self.max_body_mb) * 1024 * 1024),
-            retry=RetryPolicy(attempts=int(self.retry_attempts), max_delay_s=float(self.retry_max_delay_s)),
-        )
-        return FetchSettings(
+        return make_settings(
             cutoff_ms=cutoff_ms,
             max_concurrency=int(self.max_concurrency),
             max_records_per_store=int(self.max_records_per_store),
             max_pages=int(self.max_pages),
+            request_timeout_s=float(self.request_timeout_s),
+            connect_timeout_s=float(self.connect_timeout_s),
+            retry_attempts=int(self.retry_attempts),
+            retry_max_delay_s=float(self.retry_max_delay_s),
+            max_body_mb=float(self.max_body_mb),
             progress_interval_s=self.progress_interval_s,
-            transport=transport,
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
-        started = time.monotonic()
         anchor, ds = run_anchor(context)
         batch = max(int(context["ti"].map_index), 0)  # -1 when the operator is used unmapped
         servers = parse_server_list(self.servers, f"task {self.task_id!r} param 'servers'")
@@ -132,19 +125,16 @@ class EslFetchOperator(BaseOperator):
         settings = self._settings(cutoff)
         targets = resolve_targets(servers)
         root = resolve_output_root(self.output_root)
-        path = part_path(root, ds, batch)
-        self.log.info("batch %d: %d servers -> %s (heartbeat cutoff %d)", batch, len(targets), path, cutoff)
-        with PartWriter(path) as writer:
-            results = fetch_servers(targets, settings, writer, max_threads=int(self.max_threads))
-        manifest = batch_manifest(
-            results,
+        self.log.info("batch %d: %d servers, heartbeat cutoff %d", batch, len(targets), cutoff)
+        manifest = run_batch(
+            targets,
+            settings,
+            output_root=root,
+            ds=ds,
             batch=batch,
-            part=str(path),
             anchor=anchor,
-            cutoff_ms=cutoff,
-            duration_s=time.monotonic() - started,
+            max_threads=int(self.max_threads),
         )
-        write_json_atomic(path.with_suffix(".json"), manifest)
         self.log.info("batch %d: %d rows, %d errors", batch, manifest["rows"], len(manifest["errors"]))
         if manifest["errors"] and self.on_server_error == "fail":
             count = len(manifest["errors"])
