@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PORT ?= 18180
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-ui lint demo clean
 
 install: $(STAMP)
 
@@ -25,7 +25,14 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not ui"
+
+# Browser tests: a real api-server driven by headless Debian Chromium through Playwright (never
+# `playwright install`). If the Chromium package cannot be installed the tests skip, saying why.
+test-ui: install
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; } \
+		|| echo "WARNING: could not install Debian chromium; browser tests will be skipped"
+	$(BIN)/pytest -m ui tests/ui
 
 demo: install
 	DEMO_PORT=$(DEMO_PORT) bash scripts/demo.sh

@@ -22,6 +22,7 @@ import pandas as pd
 
 from esl_operators.csvformat import check_style, columns_for, sort_part, to_output
 from esl_operators.exceptions import EslError
+from esl_operators.report import FleetStats, publish_report
 from esl_operators.storage import (
     MANIFEST_NAME,
     SUCCESS_NAME,
@@ -86,6 +87,7 @@ def aggregate_run(
     ordered = _check_batches(manifests)
     folder = run_dir(output_root, ds)
     (folder / SUCCESS_NAME).unlink(missing_ok=True)
+    stats = FleetStats()  # report aggregates only: bounded by stores and days, not by rows
     partitions: list[dict[str, Any]] = []
     rows_by_store: dict[str, dict[str, int]] = {}
     for manifest in ordered:
@@ -97,6 +99,7 @@ def aggregate_run(
             )
         complete = drop_failed(part, manifest["errors"])
         unique = drop_duplicates(complete)
+        stats.add(unique)
         name = partition_name(batch)
         write_csv_atomic(folder / name, to_output(sort_part(unique), style, zone))
         partitions.append(
@@ -113,6 +116,7 @@ def aggregate_run(
         log.info("%s: %d rows", name, len(unique))
     removed = remove_stale_outputs(folder, len(ordered))
     run_manifest = _run_manifest(ordered, partitions, rows_by_store, ds, style, params, removed)
+    publish_report(folder, stats, run_manifest)  # before the manifest, which marks the run published
     run_manifest["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
     write_json_atomic(folder / MANIFEST_NAME, run_manifest)
     write_text_atomic(folder / SUCCESS_NAME, "")

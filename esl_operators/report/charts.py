@@ -45,13 +45,14 @@ _ID = re.compile(r'\bid="([^"]+)"')
 def bar_chart(
     chart_id: str,
     categories: Sequence[str],
-    values: Sequence[int],
+    values: Sequence[float],
     *,
     title: str,
     xlabel: str,
     ylabel: str,
     colors: Sequence[str] | None = None,
     horizontal: bool = False,
+    integer: bool = True,
 ) -> str:
     """One bar per category, each bar labelled with its value; returns ``<svg ...>...</svg>``."""
     count = max(len(categories), 1)
@@ -66,18 +67,20 @@ def bar_chart(
             bars = axes.barh(positions, values, color=fill, height=0.7)
             axes.set_yticks(positions, [_clip(c) for c in categories])
             axes.invert_yaxis()  # first category on top, like a ranked table
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.xaxis.set_major_locator(MaxNLocator(integer=integer))
             axes.grid(axis="y", visible=False)
         else:
             bars = axes.bar(positions, values, color=fill, width=0.75)
             axes.set_xticks(positions, [_clip(c) for c in categories])
-            axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.yaxis.set_major_locator(MaxNLocator(integer=integer))
             axes.grid(axis="x", visible=False)
             if len(categories) > 8:
                 axes.tick_params(axis="x", labelrotation=35)
                 for label in axes.get_xticklabels():
                     label.set_horizontalalignment("right")
-        texts = axes.bar_label(bars, labels=[f"{v:,}" for v in values], padding=2, fontsize=8)
+        texts = axes.bar_label(
+            bars, labels=[f"{v:,}" if integer else f"{v:,.1f}" for v in values], padding=2, fontsize=8
+        )
         for index, text in enumerate(texts):
             text.set_gid(f"v{index}")  # becomes id="{chart_id}-v{index}": lets tests read the bar values
         axes.margins(x=0.12 if horizontal else 0.02, y=0.02 if horizontal else 0.12)

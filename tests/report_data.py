@@ -1,0 +1,89 @@
+"""Runs published straight from a simulated fleet, for the report and plugin tests.
+
+Part rows come from the package's own record transform; partitions, manifest and report are written
+with the package's storage functions, in the layout the aggregate task publishes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from esl_operators.csvformat import STANDARD_COLUMNS, check_style, sort_part, to_output
+from esl_operators.records import DAY_MS, PART_COLUMNS, to_part_row
+from esl_operators.report import FleetStats, publish_report
+from esl_operators.simulator import Fleet
+from esl_operators.storage import (
+    MANIFEST_NAME,
+    partition_name,
+    run_dir,
+    write_csv_atomic,
+    write_json_atomic,
+)
+
+
+def _iso(ms: int) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fleet_parts(fleet: Fleet, names: list[str], cutoff_ms: int) -> list[pd.DataFrame]:
+    """One frame of part rows per server: the labels inside the heartbeat window, default store skipped."""
+    frames = []
+    for server, name in zip(fleet.servers, names, strict=True):
+        rows = [
+            _row(detail, store, name)
+            for store, details in server.real_stores.items()
+            for detail in details
+            if detail["last_hb_time"] >= cutoff_ms
+        ]
+        frames.append(pd.DataFrame(rows, columns=list(PART_COLUMNS), dtype=str))
+    return frames
+
+
+def _row(detail: dict[str, Any], store: str, server: str) -> tuple[str, ...]:
+    row, _issues = to_part_row(detail, store=store, server=server)
+    return row
+
+
+def publish_run(
+    root: Path, ds: str, fleet: Fleet, names: list[str], *, lookback_days: int = 7, **extra: Any
+) -> dict[str, Any]:
+    """Write one run date as the aggregate task would: partitions, ``_manifest.json``, ``report.html``."""
+    anchor_ms = fleet.reference_ms
+    cutoff_ms = anchor_ms - lookback_days * DAY_MS
+    folder = run_dir(root, ds)
+    style, zone = check_style("standard", "UTC")
+    stats = FleetStats()
+    partitions = []
+    rows_by_store: dict[str, dict[str, int]] = {}
+    for batch, (frame, name) in enumerate(zip(fleet_parts(fleet, names, cutoff_ms), names, strict=True)):
+        write_csv_atomic(folder / partition_name(batch), to_output(sort_part(frame), style, zone))
+        stats.add(frame)
+        partitions.append({"file": partition_name(batch), "rows": len(frame), "servers": [name]})
+        counts = frame["store"].value_counts().to_dict()
+        rows_by_store[name] = {store: int(counts.get(store, 0)) for store in fleet.servers[batch].real_stores}
+    manifest: dict[str, Any] = {
+        "date": ds,
+        "anchor": _iso(anchor_ms),
+        "heartbeat_cutoff": _iso(cutoff_ms),
+        "header_style": "standard",
+        "columns": list(STANDARD_COLUMNS),
+        "rows": sum(p["rows"] for p in partitions),
+        "partitions": partitions,
+        "rows_by_server": {p["servers"][0]: p["rows"] for p in partitions},
+        "rows_by_store": rows_by_store,
+        "capped_stores": [],
+        "errors": [],
+        "invalid_records": {"count": 0, "listed": []},
+        "stale_labels": 0,
+        "removed_stale_partitions": [],
+        "params": {"lookback_days": lookback_days, "servers_per_batch": 1},
+        "durations_s": {"batches": {str(i): 1.5 + i for i in range(len(names))}, "aggregate": 0.25},
+        "servers": {},
+        **extra,
+    }
+    publish_report(folder, stats, manifest)
+    write_json_atomic(folder / MANIFEST_NAME, manifest)
+    return manifest

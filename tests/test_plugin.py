@@ -1,0 +1,263 @@
+"""The "ESL exports" plugin app: Airflow login required, only published files of plain dates served."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import HTTPException
+from fastapi.testclient import TestClient
+
+from esl_operators.report.browse import create_app, published_file
+from esl_operators.simulator import build_fleet
+from tests.conftest import ANCHOR_MS, REPO
+from tests.report_data import publish_run
+
+DS = "2024-05-10"
+SECRET = "top secret, outside the output root"
+
+
+@pytest.fixture(scope="module")
+def auth_manager(airflow_db: str) -> Any:
+    """The configured auth manager (the simple one), initialised as the api-server does."""
+    from airflow.api_fastapi.app import create_auth_manager
+
+    manager = create_auth_manager()
+    manager.init()
+    return manager
+
+
+def _token(manager: Any, role: str | None = "viewer", **kwargs: Any) -> str:
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return str(manager.generate_jwt(SimpleAuthManagerUser(username="someone", role=role), **kwargs))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An output root with one published run, a run in progress, clutter, and symlinks leading out."""
+    base = tmp_path_factory.mktemp("plugin")
+    root = base / "esl_export"
+    fleet = build_fleet(servers=2, stores=3, esls=60, seed=5, reference_ms=ANCHOR_MS)
+    publish_run(root, DS, fleet, ["esl_a", "esl_b"])
+    (root / DS / "_SUCCESS").write_text("", encoding="utf-8")
+    (root / "2024-05-11" / "_parts").mkdir(parents=True)  # fetch still running: no manifest yet
+    (root / "notes").mkdir()  # not a date: never listed
+    outside = base / "outside"
+    (outside / DS).mkdir(parents=True)
+    (outside / "secret.txt").write_text(SECRET, encoding="utf-8")
+    (outside / DS / "report.html").write_text(SECRET, encoding="utf-8")
+    (root / "2024-05-12").symlink_to(outside / DS)  # a date folder leading out of the root
+    (root / DS / "esl_id_part_9.csv").symlink_to(outside / "secret.txt")  # a published name leading out
+    (root / DS / "esl_id_part_8.csv").symlink_to(root / DS / "esl_id_part_1.csv")  # inside: fine
+    (root / DS / "_parts" / "batch-0.csv").parent.mkdir(exist_ok=True)
+    (root / DS / "_parts" / "batch-0.csv").write_text(SECRET, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def client(tree: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(output_root=lambda: tree)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def viewer(auth_manager: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {_token(auth_manager)}"}
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/", f"/{DS}/esl_id_part_1.csv", f"/{DS}/report.html", f"/{DS}/_manifest.json"]
+)
+def test_anonymous_requests_are_refused(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 401
+    assert SECRET not in response.text and "esl_id" not in response.text
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_anonymous_browser_gets_a_login_link(client: TestClient, auth_manager: Any) -> None:
+    response = client.get("/", headers={"Accept": "text/html"})
+    assert response.status_code == 401
+    assert f'href="{auth_manager.get_url_login()}" target="_top"' in response.text
+
+
+@pytest.mark.parametrize(
+    ("credentials", "status"),
+    [
+        ({"Authorization": "Bearer not-a-jwt"}, 403),
+        ({"Authorization": "Basic YWRtaW46YWRtaW4="}, 401),  # no bearer and no cookie: anonymous
+        ({"Cookie": "_token=not-a-jwt"}, 403),
+    ],
+)
+def test_invalid_credentials_are_refused(
+    client: TestClient, credentials: dict[str, str], status: int
+) -> None:
+    assert client.get("/", headers=credentials).status_code == status
+
+
+def test_expired_revoked_and_foreign_tokens_are_refused(client: TestClient, auth_manager: Any) -> None:
+    import jwt
+
+    expired = _token(auth_manager, expiration_time_in_seconds=-3600)
+    assert client.get("/", headers={"Authorization": f"Bearer {expired}"}).status_code == 401
+    revoked = _token(auth_manager)
+    assert client.get("/", headers={"Authorization": f"Bearer {revoked}"}).status_code == 200
+    auth_manager.revoke_token(revoked)
+    assert client.get("/", headers={"Authorization": f"Bearer {revoked}"}).status_code == 403
+    claims = jwt.decode(_token(auth_manager), options={"verify_signature": False})
+    forged = jwt.encode(claims, "a-key-the-server-never-issued-" + "x" * 40, algorithm="HS512")
+    assert client.get("/", headers={"Authorization": f"Bearer {forged}"}).status_code == 403
+
+
+def test_a_user_without_dag_access_is_refused(client: TestClient, auth_manager: Any) -> None:
+    no_role = _token(auth_manager, role=None)  # authenticated, but may read no DAG
+    response = client.get("/", headers={"Authorization": f"Bearer {no_role}"})
+    assert response.status_code == 403
+    assert "esl_export" in response.json()["detail"]
+
+
+def test_the_ui_cookie_is_accepted(client: TestClient, auth_manager: Any) -> None:
+    client.cookies.set("_token", _token(auth_manager))
+    assert client.get("/").status_code == 200
+
+
+# --- listing and downloads ----------------------------------------------------------------------
+
+
+def test_listing_shows_dates_status_rows_and_links(
+    client: TestClient, viewer: dict[str, str], tree: Path
+) -> None:
+    response = client.get("/", headers=viewer)
+    assert response.status_code == 200
+    html = response.text
+    manifest = json.loads((tree / DS / "_manifest.json").read_text(encoding="utf-8"))
+    assert [d for d in ("2024-05-12", "2024-05-11", DS) if f"<b>{d}</b>" in html] == ["2024-05-11", DS]
+    assert "notes" not in html
+    assert "incomplete: no manifest yet" in html
+    row = html[html.index(f"<b>{DS}</b>") :]
+    assert ">complete<" in row
+    assert f'<td class="num">{manifest["rows"]:,}</td>' in row
+    assert f'href="{DS}/report.html"' in row and f'href="{DS}/_manifest.json"' in row
+    for part in manifest["partitions"]:
+        assert f'href="{DS}/{part["file"]}" download' in row
+        assert f"{part['rows']:,} rows" in row
+    assert "esl_id_part_9.csv" not in html  # its symlink leads out of the root
+    assert "esl_id_part_8.csv" in html  # a symlink inside the root is fine
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+def test_downloads_serve_the_published_bytes(client: TestClient, viewer: dict[str, str], tree: Path) -> None:
+    csv = client.get(f"/{DS}/esl_id_part_1.csv", headers=viewer)
+    assert csv.status_code == 200
+    assert csv.content == (tree / DS / "esl_id_part_1.csv").read_bytes()
+    assert csv.headers["content-type"] == "text/csv; charset=utf-8"
+    assert csv.headers["content-disposition"].startswith("attachment;")
+    assert f"{DS}_esl_id_part_1.csv" in csv.headers["content-disposition"]
+    report = client.get(f"/{DS}/report.html", headers=viewer)
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in report.headers["content-security-policy"]
+    assert report.headers["x-content-type-options"] == "nosniff"
+    assert "<svg " in report.text
+    manifest = client.get(f"/{DS}/_manifest.json", headers=viewer)
+    assert manifest.json()["date"] == DS
+
+
+# --- traversal ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/..%2f..%2foutside%2fsecret.txt",
+        f"/{DS}/..%2f..%2foutside%2fsecret.txt",
+        f"/{DS}/%2e%2e%2f%2e%2e%2foutside%2fsecret.txt",
+        "/%2e%2e/outside/secret.txt",
+        f"/{DS}/%2e%2e",
+        f"/{DS}/%2F..%2Foutside%2Fsecret.txt",
+        f"/{DS}/%2Fetc%2Fpasswd",
+        f"/{DS}//etc/passwd",
+        f"/{DS}/_parts%2fbatch-0.csv",
+        f"/{DS}/_parts/batch-0.csv",
+        f"/{DS}/esl_id_part_9.csv",  # symlink to a file outside the root
+        "/2024-05-12/report.html",  # date folder symlinked outside the root
+        f"/{DS}/esl_id_part_1.csv%00.html",
+        f"/{DS}/esl_id_part_0.csv",
+        f"/{DS}/ESL_ID_PART_1.CSV",
+        f"/{DS}/_SUCCESS",
+        "/2024-5-10/report.html",
+        "/２０２４-05-10/report.html",  # non-ASCII digits
+        "/notes/report.html",
+    ],
+)
+def test_traversal_and_unpublished_names_are_not_found(
+    client: TestClient, viewer: dict[str, str], path: str
+) -> None:
+    response = client.get(path, headers=viewer)
+    assert response.status_code == 404
+    assert SECRET not in response.text
+
+
+@pytest.mark.parametrize(
+    ("ds", "name"),
+    [
+        ("..", "secret.txt"),
+        (DS, "../../outside/secret.txt"),
+        (DS, "/etc/passwd"),
+        ("/tmp", "report.html"),
+        (DS, "report.html/.."),
+        (DS, "esl_id_part_9.csv"),
+        ("2024-05-12", "report.html"),
+    ],
+)
+def test_published_file_refuses_raw_paths(tree: Path, ds: str, name: str) -> None:
+    """The same rules without HTTP in between (no URL normalisation to hide behind)."""
+    with pytest.raises(HTTPException) as refused:
+        published_file(tree, ds, name)
+    assert refused.value.status_code == 404
+
+
+def test_a_symlink_inside_the_root_is_served(tree: Path) -> None:
+    assert published_file(tree, DS, "esl_id_part_8.csv") == (tree / DS / "esl_id_part_1.csv").resolve()
+
+
+# --- configuration and registration -------------------------------------------------------------
+
+
+def test_output_root_comes_from_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tree: Path, viewer: dict[str, str]
+) -> None:
+    from esl_operators.report.browse import configured_output_root
+
+    monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", tree.as_uri())
+    assert configured_output_root() == tree.resolve()
+    with TestClient(create_app()) as default_client:
+        assert f"<b>{DS}</b>" in default_client.get("/", headers=viewer).text
+    monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", "s3://bucket/esl")
+    with TestClient(create_app()) as default_client:
+        assert default_client.get("/", headers=viewer).status_code == 501
+
+
+def test_plugin_registers_the_app_and_the_browse_entry() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "esl_exports_plugin", REPO / "plugins" / "esl_exports_plugin.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plugin = module.EslExportsPlugin
+    [app] = plugin.fastapi_apps
+    assert app["url_prefix"] == "/esl-exports"
+    assert not app["url_prefix"].startswith(("/api/v2", "/ui", "/execution", "/auth", "/pluginsv2"))
+    [view] = plugin.external_views
+    assert view["name"] == "ESL exports"
+    assert view["category"] == "browse"
+    assert view["href"] == "esl-exports/"  # relative to the UI's base URL
+    assert view["url_route"] == "esl-exports"

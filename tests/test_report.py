@@ -1,0 +1,323 @@
+"""The fleet report: numbers on the page match a small hand-counted dataset, streaming changes nothing,
+manifest failures are shown with their reasons, data is escaped, and the page needs no network."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from esl_operators.records import DAY_MS, PART_COLUMNS
+from esl_operators.report import FleetStats, anchor_ms_of, publish_report, render_report
+from esl_operators.simulator import build_fleet
+from tests.conftest import ANCHOR_MS
+from tests.report_data import fleet_parts
+
+HOUR_MS = DAY_MS // 24
+EVIL = "<script>alert('x')</script>"
+S1, S2 = "esl_sh_001", "esl_bj_002"
+
+
+def _row(
+    esl_id: str, store: str, server: str, battery: str, days_before: float, freq: float, **kw: str
+) -> dict:
+    row = dict.fromkeys(PART_COLUMNS, "")
+    row.update(
+        esl_id=esl_id,
+        store=store,
+        server=server,
+        battery=battery,
+        last_hb_time=str(ANCHOR_MS - int(days_before * DAY_MS)),
+        frequency=repr(freq),
+        refresh_times="100",
+        screen_size=kw.get("screen", "2.13"),
+        chip_family=kw.get("chip", ""),
+        firmware=kw.get("firmware", "5.3.12"),
+        description=kw.get("description", ""),
+    )
+    return row
+
+
+# Ten labels whose every number below was counted by hand.
+ROWS = [
+    _row("10-00-00-01", EVIL, S1, "5", 0.5, 0.0, chip="stellarPro", description="Aisle <b>1</b> & co"),
+    _row("10-00-00-02", EVIL, S1, "15", 6.5, 3.0, chip="stellarPro", screen="2.9"),
+    _row("10-00-00-03", EVIL, S1, "19", 2, 120.0, chip="nebular"),
+    _row("10-00-00-04", EVIL, S1, "", 7, 0.5, screen="4.2"),
+    _row("10-00-00-05", "上海.001", S1, "100", -0.25, 1500.0, chip="TI-CC2640"),
+    _row("10-00-00-06", "上海.001", S1, "20", 1, 10.0, chip="Telink-8258"),
+    _row("10-00-00-00", "上海.001", S1, "0", 3.2, 10.0, chip="Telink-8258", screen="7.5"),
+    _row("10-00-00-08", "50%off", S2, "95", 6.9, 999.99, chip="nebular", screen="1.54"),
+    _row("10-00-00-09", "50%off", S2, "42", 0.1, 2.0, chip="nebular", screen="2.9"),
+    _row("10-00-00-10", "50%off", S2, "9", 4, 45.5, chip="stellarPro", screen="2.9"),
+]
+MANIFEST: dict[str, Any] = {
+    "date": "2024-05-10",
+    "anchor": "2024-05-10T00:00:00Z",
+    "heartbeat_cutoff": "2024-05-03T00:00:00Z",
+    "rows": 10,
+    "partitions": [
+        {"file": "esl_id_part_1.csv", "rows": 7, "servers": [S1]},
+        {"file": "esl_id_part_2.csv", "rows": 3, "servers": [S2]},
+    ],
+    "rows_by_server": {S1: 7, S2: 3},
+    "rows_by_store": {S1: {EVIL: 4, "上海.001": 3, "Empty 9": 0}, S2: {"50%off": 3}},
+    "capped_stores": [],
+    "errors": [],
+    "invalid_records": {"count": 0, "listed": []},
+    "stale_labels": 4,
+    "removed_stale_partitions": [],
+    "params": {"lookback_days": 7, "servers_per_batch": 1},
+    "durations_s": {"batches": {"0": 12.5, "1": 80.0}, "aggregate": 1.5, "servers": {S1: 12.4, S2: 79.9}},
+    "servers": {},
+}
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(PART_COLUMNS), dtype=str)
+
+
+def _stats(chunks: list[list[dict]], top_n: int = 15) -> FleetStats:
+    stats = FleetStats(top_n=top_n)
+    for chunk in chunks:
+        stats.add(_frame(chunk))
+    return stats
+
+
+@pytest.fixture(scope="module")
+def page() -> str:
+    return render_report(_stats([ROWS]), MANIFEST, anchor_ms=ANCHOR_MS)
+
+
+def bars(html: str, chart: str) -> list[str]:
+    """The value labels of one chart's bars, in bar order, as drawn in its SVG."""
+    found = re.findall(rf'<g id="{chart}-v(\d+)">\s*<text[^>]*>([^<]*)</text>', html)
+    return [text for _, text in sorted(found, key=lambda f: int(f[0]))]
+
+
+def kpis(html: str) -> dict[str, str]:
+    pairs = re.findall(r'<div class="kpi-value">([^<]*)</div><div class="kpi-label">([^<]*)</div>', html)
+    return {label: value for value, label in pairs}
+
+
+def table_after(html: str, heading: str) -> list[list[str]]:
+    """Body rows of the first table after an <h3> containing ``heading``."""
+    start = html.index(heading)
+    table = html[start : html.index("</table>", start)]
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1])
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+
+
+def test_totals_match_the_data(page: str) -> None:
+    assert kpis(page) == {
+        "labels exported": "10",
+        "stores with labels": "3",
+        "servers": "2",
+        "run time": "1 min 22 s",  # slowest batch 80.0 + aggregate 1.5
+        "battery under 20%": "5",
+        "close to dropping out": "3",
+        "failures": "0",
+    }
+    assert "of 4 listed" in page
+    assert table_after(page, "Rows per partition") == [
+        ["esl_id_part_1.csv", "7", S1],
+        ["esl_id_part_2.csv", "3", S2],
+    ]
+    assert "No failures, skipped or invalid labels in this run." in page
+    assert "Stores that exported no labels: Empty 9 (esl_sh_001)." in page
+
+
+def test_battery_histogram_and_stores(page: str) -> None:
+    # 0-9: 5, 0, 9 | 10-19: 15, 19 | 20-29: 20 | 40-49: 42 | 90-100: 100, 95 | one label without a value
+    assert bars(page, "battery") == ["3", "2", "1", "0", "1", "0", "0", "0", "0", "2"]
+    assert "1 labels did not report a usable battery level" in page
+    assert bars(page, "battery-stores") == ["3", "1", "1"]
+    escaped = "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;"
+    assert table_after(page, "Stores to visit first") == [
+        [escaped, S1, "4", "3", "75.0%"],
+        ["50%off", S2, "3", "1", "33.3%"],
+        ["上海.001", S1, "3", "1", "33.3%"],
+    ]
+
+
+def test_threshold_is_a_render_choice() -> None:
+    html = render_report(_stats([ROWS]), MANIFEST, anchor_ms=ANCHOR_MS, battery_threshold=50)
+    assert kpis(html)["battery under 50%"] == "7"  # 5, 15, 19, 20, 0, 42, 9
+
+
+def test_frequency_distribution_and_outliers(page: str) -> None:
+    # 0 | <1: 0.5 | 2-5: 2.0, 3.0 | 10-20: 10, 10 | 20-50: 45.5 | 100-200: 120 | 500-1000 | >=1000
+    assert bars(page, "frequency") == ["1", "1", "0", "2", "0", "2", "1", "0", "1", "0", "1", "1"]
+    outliers = table_after(page, "labels refreshing most often")
+    assert [(r[0], r[1], r[4]) for r in outliers[:6]] == [
+        ("1", "10-00-00-05", "1,500.00"),
+        ("2", "10-00-00-08", "999.99"),
+        ("3", "10-00-00-03", "120.00"),
+        ("4", "10-00-00-10", "45.50"),
+        ("5", "10-00-00-00", "10.00"),  # tie with -06: the smaller id first
+        ("6", "10-00-00-06", "10.00"),
+    ]
+    assert "Fleet average: <b>269.10</b>" in page  # 2690.99 / 10
+
+
+def test_heartbeat_ages_and_labels_about_to_drop_out(page: str) -> None:
+    # Calendar days before 2024-05-10: 0 (future), 1, 1, 1, 2, 4, 4, 7, 7, 7
+    assert bars(page, "heartbeat") == ["1", "3", "1", "0", "2", "0", "0", "3"]
+    assert bars(page, "heartbeat-stores") == ["2", "1"]
+    oldest = table_after(page, "labels silent the longest")
+    assert [(r[0], r[3]) for r in oldest[:3]] == [
+        ("10-00-00-04", "2024-05-03 00:00 UTC"),
+        ("10-00-00-08", "2024-05-03 02:24 UTC"),
+        ("10-00-00-02", "2024-05-03 12:00 UTC"),
+    ]
+
+
+def test_hardware_breakdowns(page: str) -> None:
+    assert bars(page, "chips") == ["3", "3", "2", "1", "1"]  # nebular, stellarPro, Telink, TI, unknown
+    assert bars(page, "screens") == ["1", "4", "3", "1", "1"]  # 1.54, 2.13, 2.9, 4.2, 7.5
+
+
+def test_streaming_in_chunks_gives_the_same_page() -> None:
+    whole = render_report(_stats([ROWS], top_n=5), MANIFEST, anchor_ms=ANCHOR_MS)
+    chunked = render_report(
+        _stats([ROWS[:3], [], ROWS[3:4], ROWS[4:]], top_n=5), MANIFEST, anchor_ms=ANCHOR_MS
+    )
+    assert chunked == whole
+    stats = _stats([ROWS[6:], ROWS[:6]], top_n=5)
+    assert [o.esl_id for o in stats.outliers] == [
+        "10-00-00-05",
+        "10-00-00-08",
+        "10-00-00-03",
+        "10-00-00-10",
+        "10-00-00-00",
+    ]
+    assert [s.esl_id for s in stats.oldest_heartbeats][:3] == ["10-00-00-04", "10-00-00-08", "10-00-00-02"]
+    assert len(stats.oldest_heartbeats) == 5
+
+
+def test_data_is_escaped_everywhere(page: str) -> None:
+    assert "<script" not in page and "</script" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page  # tables and SVG tick labels
+    assert "Aisle &lt;b&gt;1&lt;/b&gt; &amp; co" in page and "<b>1</b>" not in page
+    assert "上海.001" in page and "50%off" in page
+
+
+def test_page_is_self_contained(page: str) -> None:
+    references = re.findall(r"(?:src|href)\s*=\s*\"([^\"]*)\"", page, re.IGNORECASE)
+    assert references and all(r.startswith("#") for r in references)  # only the SVGs' own defs
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))  # eight inline SVGs, no id shared between them
+    assert {r[1:] for r in references} <= set(ids)
+    assert not re.search(r"\bsrc\s*=", page, re.IGNORECASE)
+    assert "http://" not in page and "https://" not in page
+    assert "@import" not in page and "url(http" not in page
+    assert page.count("<svg ") == 8
+    assert "@media print" in page
+
+
+def test_failures_and_unknown_skip_lists_are_shown_with_reasons() -> None:
+    manifest = {
+        **MANIFEST,
+        "errors": [{"server": S2, "store": EVIL, "error": "HTTP 503 from /api3/users"}],
+        "capped_stores": [{"server": S1, "store": "上海.001", "rows": 50000}],
+        "invalid_records": {
+            "count": 1,
+            "listed": [{"server": S1, "esl_id": "10-FF", "reason": "last_hb_time is missing"}],
+        },
+        # A list the aggregate task may add later: rendered without knowing its name.
+        "skipped_ids": [{"esl_id": "10-EE", "store": "50%off", "reason": "detail returned 404"}],
+        "removed_stale_partitions": ["esl_id_part_3.csv"],
+        # Shapes the aggregate task reports in later versions.
+        "removed_labels": {
+            "count": 1,
+            "listed": [{"esl_id": "10-DD", "reason": "duplicate of 10-DD in 50%off"}],
+        },
+        "blanked_fields": {"battery": 2},
+        "duplicates_dropped": 1,
+        "retries": 3,
+        "removed_stale_files": ["_parts/batch-4.csv"],
+        "partitions": [{**p, "dropped_duplicate_rows": 1} for p in MANIFEST["partitions"]],
+    }
+    html = render_report(_stats([ROWS]), manifest, anchor_ms=ANCHOR_MS)
+    attention = html[html.index('id="attention"') : html.index('id="totals"')]
+    assert "Needs attention" in attention
+    for expected in (
+        "Errors (1)",
+        "HTTP 503 from /api3/users",
+        "Capped stores (1)",
+        "Invalid records (1)",
+        "last_hb_time is missing",
+        "Skipped ids (1)",
+        "detail returned 404",
+        "&lt;script&gt;",
+        "Removed labels (1)",
+        "duplicate of 10-DD in 50%off",
+        "Blanked fields (1)",
+        "<td>battery</td><td>2</td>",
+        "Duplicates dropped: 1",
+    ):
+        assert expected in attention, expected
+    assert "<script" not in html
+    housekeeping = html[html.index("Housekeeping") : html.index('id="totals"')]
+    for expected in (
+        "Removed stale partitions (1)",
+        "Removed stale files (1)",
+        "_parts/batch-4.csv",
+        "Retries: 3",
+    ):
+        assert expected in housekeeping, expected
+    assert "<th class=num>dropped duplicate rows</th>" in html
+    assert kpis(html)["failures"] == "1"
+
+
+def test_row_count_mismatch_is_flagged() -> None:
+    html = render_report(_stats([ROWS[:4]]), MANIFEST, anchor_ms=ANCHOR_MS)
+    assert "The manifest reports 10 rows but the report counted 4." in html
+
+
+def test_minimal_manifest_and_empty_fleet_render() -> None:
+    html = render_report(FleetStats(), {}, anchor_ms=ANCHOR_MS)
+    assert kpis(html)["labels exported"] == "0"
+    assert html.count("<svg ") == 8
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="lack columns"):
+        FleetStats().add(pd.DataFrame({"esl_id": ["1"]}))
+    with pytest.raises(ValueError, match="battery_threshold"):
+        render_report(FleetStats(), {}, anchor_ms=ANCHOR_MS, battery_threshold=0)
+
+
+def test_simulated_fleet_matches_an_independent_count() -> None:
+    fleet = build_fleet(servers=2, stores=4, esls=150, seed=3, reference_ms=ANCHOR_MS)
+    cutoff = ANCHOR_MS - 7 * DAY_MS
+    stats = FleetStats()
+    for frame in fleet_parts(fleet, ["a", "b"], cutoff):
+        stats.add(frame)
+    kept = [
+        d
+        for server in fleet.servers
+        for store, details in server.real_stores.items()
+        for d in details
+        if d["last_hb_time"] >= cutoff
+    ]
+    assert stats.labels == len(kept)
+    deciles = Counter(min(int(d["battery"]) // 10, 9) for d in kept)
+    html = render_report(stats, {"heartbeat_cutoff": "2024-05-03T00:00:00Z"}, anchor_ms=ANCHOR_MS)
+    assert bars(html, "battery") == [f"{deciles[i]:,}" for i in range(10)]
+    oldest = sorted(kept, key=lambda d: (d["last_hb_time"], d["esl_id"]))[:15]
+    assert [s.esl_id for s in stats.oldest_heartbeats] == [d["esl_id"] for d in oldest]
+
+
+def test_publish_report_writes_the_page_atomically(tmp_path: Path) -> None:
+    assert anchor_ms_of(MANIFEST) == ANCHOR_MS
+    assert anchor_ms_of({"date": "2024-05-10"}) == ANCHOR_MS
+    folder = tmp_path / "2024-05-10"
+    path = publish_report(folder, _stats([ROWS]), MANIFEST)
+    assert path == folder / "report.html"
+    assert kpis(path.read_text(encoding="utf-8"))["labels exported"] == "10"
+    assert [p.name for p in folder.iterdir()] == ["report.html"]  # no temporary file left behind
