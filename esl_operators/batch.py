@@ -6,6 +6,7 @@ XCom. Shared by the Airflow operator and the standalone command, so both write t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -54,6 +55,48 @@ def error_summary(manifest: dict[str, Any], limit: int = 5) -> str:
     return "\n".join(lines)
 
 
+def run_batches(
+    batches: Sequence[Sequence[ServerTarget]],
+    settings: FetchSettings,
+    *,
+    output_root: PathLike,
+    ds: str,
+    anchor: datetime,
+    max_threads: int,
+    first_batch: int = 0,
+) -> list[dict[str, Any]]:
+    """Fetch batches into ``_parts/batch-{i}.csv`` (one pool of ``max_threads`` for all servers)
+    and write each batch's manifest; return the manifests in batch order.
+
+    A part appears atomically (temporary name, then rename), so a killed attempt leaves nothing a
+    retry could mistake for output.
+    """
+    started = time.monotonic()
+    numbers = range(first_batch, first_batch + len(batches))
+    paths = [part_path(output_root, ds, number) for number in numbers]
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(PartWriter(path)) for path in paths]
+        targets = [t for batch in batches for t in batch]
+        sinks = [w for w, batch in zip(writers, batches, strict=True) for _ in batch]
+        results = fetch_servers(targets, settings, sinks, max_threads=max_threads)
+    duration = time.monotonic() - started
+    manifests = []
+    offset = 0
+    for number, path, batch in zip(numbers, paths, batches, strict=True):
+        manifest = batch_manifest(
+            results[offset : offset + len(batch)],
+            batch=number,
+            part=str(path),
+            anchor=anchor,
+            cutoff_ms=settings.cutoff_ms,
+            duration_s=duration,
+        )
+        offset += len(batch)
+        write_json_atomic(path.with_suffix(".json"), manifest)
+        manifests.append(manifest)
+    return manifests
+
+
 def run_batch(
     targets: Sequence[ServerTarget],
     settings: FetchSettings,
@@ -64,22 +107,14 @@ def run_batch(
     anchor: datetime,
     max_threads: int,
 ) -> dict[str, Any]:
-    """Fetch ``targets`` into ``_parts/batch-{batch}.csv`` and write its manifest; return the manifest.
-
-    The part appears atomically (temporary name, then rename), so a killed attempt leaves nothing
-    a retry could mistake for output.
-    """
-    started = time.monotonic()
-    path = part_path(output_root, ds, batch)
-    with PartWriter(path) as writer:
-        results = fetch_servers(targets, settings, writer, max_threads=max_threads)
-    manifest = batch_manifest(
-        results,
-        batch=batch,
-        part=str(path),
+    """One batch (what one mapped fetch task does); see :func:`run_batches`."""
+    [manifest] = run_batches(
+        [targets],
+        settings,
+        output_root=output_root,
+        ds=ds,
         anchor=anchor,
-        cutoff_ms=settings.cutoff_ms,
-        duration_s=time.monotonic() - started,
+        max_threads=max_threads,
+        first_batch=batch,
     )
-    write_json_atomic(path.with_suffix(".json"), manifest)
     return manifest

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import aiohttp
 
 from esl_operators.aggregate import aggregate_run
-from esl_operators.batch import error_summary, run_batch
+from esl_operators.batch import error_summary, run_batches
 from esl_operators.client import ServerTarget
 from esl_operators.config import split_batches
 from esl_operators.csvformat import HEADER_STYLES
@@ -31,6 +31,8 @@ from esl_operators.records import heartbeat_cutoff_ms
 from esl_operators.storage import as_local_root
 
 log = logging.getLogger("esl_operators")
+# A bastion host is not an Airflow cluster: however many batches, at most this many servers at once.
+MAX_TOTAL_THREADS = 32
 
 
 def target_from_url(url: str) -> ServerTarget:
@@ -60,8 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--servers-per-batch", type=int, default=1)
     fetch.add_argument("--lookback-days", type=int, default=7)
     fetch.add_argument("--max-records-per-store", type=int, default=50_000)
-    fetch.add_argument("--max-concurrency", type=int, default=4)
-    fetch.add_argument("--max-threads", type=int, default=3)
+    fetch.add_argument("--max-concurrency", type=int, default=4, help="per server (the adaptive ceiling)")
+    fetch.add_argument(
+        "--no-adaptive-concurrency",
+        dest="adaptive_concurrency",
+        action="store_false",
+        help="keep every server at --max-concurrency instead of adapting to its latency and 503s",
+    )
+    fetch.add_argument("--max-threads", type=int, default=3, help="servers at once per batch (like a task)")
     fetch.add_argument("--header-style", choices=HEADER_STYLES, default="standard")
     fetch.add_argument("--timezone", default="UTC")
     fetch.add_argument("--on-server-error", choices=("fail", "skip"), default="fail")
@@ -85,20 +93,15 @@ def fetch(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout,
         connect_timeout_s=args.connect_timeout,
         retry_attempts=args.retry_attempts,
+        adaptive_concurrency=args.adaptive_concurrency,
     )
-    manifests = []
-    for batch, names in enumerate(split_batches(list(targets), args.servers_per_batch)):
-        manifest = run_batch(
-            [targets[n] for n in names],
-            settings,
-            output_root=root,
-            ds=ds,
-            batch=batch,
-            anchor=anchor,
-            max_threads=args.max_threads,
-        )
-        log.info("batch %d: %d rows, %d errors", batch, manifest["rows"], len(manifest["errors"]))
-        manifests.append(manifest)
+    # All batches through one pool: the machine does what Airflow's parallel mapped tasks would.
+    batches = [[targets[n] for n in names] for names in split_batches(list(targets), args.servers_per_batch)]
+    # Like Airflow's mapped tasks, each batch gets up to --max-threads threads, side by side.
+    threads = min(sum(min(args.max_threads, len(batch)) for batch in batches), MAX_TOTAL_THREADS)
+    manifests = run_batches(batches, settings, output_root=root, ds=ds, anchor=anchor, max_threads=threads)
+    for manifest in manifests:
+        log.info("batch %d: %d rows, %d errors", manifest["batch"], manifest["rows"], len(manifest["errors"]))
     failed = [m for m in manifests if m["errors"]]
     if failed and args.on_server_error == "fail":
         for manifest in failed:

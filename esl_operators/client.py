@@ -28,10 +28,13 @@ from esl_operators.exceptions import (
     NotFoundError,
     RetryableError,
 )
+from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.redaction import redact_url
 from esl_operators.retry import RetryPolicy, parse_retry_after
 
 DEFAULT_STORE = "default"
+# Answers that mean "too much at once": the adaptive limiter backs off on these (and on timeouts).
+OVERLOAD_STATUSES = frozenset({429, 503, 504})
 log = logging.getLogger(__name__)
 
 
@@ -143,14 +146,14 @@ class EslClient:
     Retried: connection errors and resets, timeouts, HTTP 5xx and 429, 200 bodies that are not valid
     JSON (truncated), and error envelopes (busy servers answer 200 with a non-zero ``status_no``).
     Not retried: 400, 401/403 (:class:`AuthError`), 404 (:class:`NotFoundError`), oversized bodies.
-    A slot of the semaphore is held only while a request is on the wire, never while backing off.
+    A slot of the server's limiter is held only while a request is on the wire, never while backing off.
     """
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         target: ServerTarget,
-        limiter: asyncio.Semaphore,
+        limiter: AdaptiveLimiter,
         *,
         transport: TransportSettings | None = None,
         rng: random.Random | None = None,
@@ -196,18 +199,23 @@ class EslClient:
 
     async def _attempt(self, path: str, what: str) -> Any:
         url = URL(self._base + path, encoded=True)
-        async with self._limiter:
+        async with self._limiter.slot() as outcome:
             self.requests += 1
             try:
                 async with self._session.get(url, headers=self._headers, timeout=self._timeout) as response:
                     status = response.status
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     body = await self._read_capped(response, what)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TimeoutError:
+                outcome.overloaded, outcome.reason = True, "timeout"
+                raise RetryableError(self.server, what, "request timed out") from None
+            except aiohttp.ClientError as exc:
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                raise RetryableError(
-                    self.server, what, f"request failed ({redact_url_text(reason)})"
-                ) from None
+                reason = redact_url_text(reason)
+                raise RetryableError(self.server, what, f"request failed ({reason})") from None
+            outcome.answered = True
+            outcome.overloaded = status in OVERLOAD_STATUSES
+            outcome.reason = f"HTTP {status}"
         if status in (401, 403):
             raise AuthError(
                 self.server,
@@ -270,8 +278,8 @@ class EslClient:
         entries = data.get("esls")
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise EslApiError(self.server, what, f"total_page is not a count: {total!r:.60}")
-        if entries is None:
-            entries = []
+        if entries is None and total == 0:
+            entries = []  # some builds send null for an empty store; with pages announced it is a bug
         if not isinstance(entries, list):
             raise EslApiError(self.server, what, f"'esls' is a {type(entries).__name__}, not a list")
         return Page(store=store, number=number, total_pages=total, entries=entries)

@@ -21,6 +21,7 @@ import aiohttp
 
 from esl_operators.client import EslClient, ServerTarget, TransportSettings
 from esl_operators.exceptions import AuthError, EslApiError, NotFoundError, RecordError
+from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.pagination import DEFAULT_MAX_PAGES, iter_pages
 from esl_operators.progress import Progress
 from esl_operators.records import DAY_MS, esl_id_of, last_heartbeat_ms, to_part_row
@@ -49,6 +50,7 @@ class FetchSettings:
     max_concurrency: int = 4
     max_records_per_store: int = 50_000
     max_pages: int = DEFAULT_MAX_PAGES
+    adaptive_concurrency: bool = True
     progress_interval_s: float = 5.0
     transport: TransportSettings = field(default_factory=TransportSettings)
     max_valid_ms: int = field(default_factory=_default_max_valid_ms)
@@ -73,6 +75,7 @@ def make_settings(
     retry_attempts: int = 5,
     retry_max_delay_s: float = 30.0,
     max_body_mb: float = 32.0,
+    adaptive_concurrency: bool = True,
     progress_interval_s: float = 5.0,
 ) -> FetchSettings:
     """Settings from the flat options the operator and the command line expose (same defaults)."""
@@ -87,6 +90,7 @@ def make_settings(
         max_concurrency=int(max_concurrency),
         max_records_per_store=int(max_records_per_store),
         max_pages=int(max_pages),
+        adaptive_concurrency=bool(adaptive_concurrency),
         progress_interval_s=progress_interval_s,
         transport=transport,
     )
@@ -129,6 +133,8 @@ class ServerResult:
     duration_s: float = 0.0
     requests: int = 0
     retries: int = 0
+    concurrency: int = 0  # the limit the server ended at (adaptive) or the fixed one
+    concurrency_changes: int = 0
 
     @property
     def rows(self) -> int:
@@ -145,6 +151,7 @@ class ServerResult:
             "duration_s": round(self.duration_s, 3),
             "requests": self.requests,
             "retries": self.retries,
+            "concurrency": {"final": self.concurrency, "changes": self.concurrency_changes},
             "error": self.error,
             "stores": {
                 s.store: {
@@ -273,7 +280,9 @@ async def fetch_server(target: ServerTarget, settings: FetchSettings, sink: RowS
     started = time.monotonic()
     result = ServerResult(target.name)
     progress = Progress(target.name, interval_s=settings.progress_interval_s)
-    limiter = asyncio.Semaphore(settings.max_concurrency)
+    limiter = AdaptiveLimiter(
+        settings.max_concurrency, name=target.name, adaptive=settings.adaptive_concurrency
+    )
     connector = aiohttp.TCPConnector(limit=settings.max_concurrency, ssl=target.ssl())
     client: EslClient | None = None
     try:
@@ -296,6 +305,7 @@ async def fetch_server(target: ServerTarget, settings: FetchSettings, sink: RowS
         result.duration_s = time.monotonic() - started
         if client is not None:
             result.requests, result.retries = client.requests, client.retries
+        result.concurrency, result.concurrency_changes = limiter.limit, limiter.changes
     return result
 
 
@@ -305,14 +315,25 @@ def _run_server(target: ServerTarget, settings: FetchSettings, sink: RowSink) ->
 
 
 def fetch_servers(
-    targets: Sequence[ServerTarget], settings: FetchSettings, sink: RowSink, *, max_threads: int = 3
+    targets: Sequence[ServerTarget],
+    settings: FetchSettings,
+    sink: RowSink | Sequence[RowSink],
+    *,
+    max_threads: int = 3,
 ) -> list[ServerResult]:
-    """Fetch every target with at most ``max_threads`` servers in flight; results in input order."""
+    """Fetch every target with at most ``max_threads`` servers in flight; results in input order.
+
+    ``sink`` is one sink for all targets, or one per target (the standalone command runs several
+    batches, each with its own part file, through one pool).
+    """
     if max_threads < 1:
         raise ValueError(f"max_threads must be >= 1, got {max_threads}")
+    sinks = [sink] * len(targets) if not isinstance(sink, Sequence) else list(sink)
+    if len(sinks) != len(targets):
+        raise ValueError(f"{len(sinks)} sinks for {len(targets)} targets")
     if not targets:
         return []
     workers = min(max_threads, len(targets))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esl-fetch") as pool:
-        futures = [pool.submit(_run_server, t, settings, sink) for t in targets]
+        futures = [pool.submit(_run_server, t, settings, s) for t, s in zip(targets, sinks, strict=True)]
         return [f.result() for f in futures]

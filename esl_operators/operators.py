@@ -36,7 +36,9 @@ class EslFetchOperator(BaseOperator):
     :param lookback_days: Keep labels whose last heartbeat is at most this many days before the run's
         ``data_interval_end``.
     :param max_records_per_store: Stop a store once this many rows are kept (named in the manifest).
-    :param max_concurrency: Requests in flight per server.
+    :param max_concurrency: Requests in flight per server (the ceiling, when adaptive).
+    :param adaptive_concurrency: Adapt each server's limit between 1 and ``max_concurrency`` to its
+        latency and overload answers (429/503/timeouts); ``False`` keeps it fixed at ``max_concurrency``.
     :param max_threads: Servers fetched at once, each in its own thread and event loop.
     :param on_server_error: ``fail`` (default): after writing its part and manifest the task fails if
         any server or store failed, so Airflow retries this batch alone. ``skip``: succeed anyway; the
@@ -56,6 +58,7 @@ class EslFetchOperator(BaseOperator):
         "lookback_days",
         "max_records_per_store",
         "max_concurrency",
+        "adaptive_concurrency",
         "max_threads",
         "on_server_error",
         "request_timeout_s",
@@ -72,6 +75,7 @@ class EslFetchOperator(BaseOperator):
         lookback_days: int | str = 7,
         max_records_per_store: int | str = 50_000,
         max_concurrency: int | str = 4,
+        adaptive_concurrency: bool | str = True,
         max_threads: int | str = 3,
         on_server_error: str = "fail",
         request_timeout_s: float | str = 60.0,
@@ -89,6 +93,7 @@ class EslFetchOperator(BaseOperator):
         self.lookback_days = lookback_days
         self.max_records_per_store = max_records_per_store
         self.max_concurrency = max_concurrency
+        self.adaptive_concurrency = adaptive_concurrency
         self.max_threads = max_threads
         self.on_server_error = on_server_error
         self.request_timeout_s = request_timeout_s
@@ -114,6 +119,7 @@ class EslFetchOperator(BaseOperator):
             retry_attempts=int(self.retry_attempts),
             retry_max_delay_s=float(self.retry_max_delay_s),
             max_body_mb=float(self.max_body_mb),
+            adaptive_concurrency=str(self.adaptive_concurrency).lower() not in ("false", "0", "no", "off"),
             progress_interval_s=self.progress_interval_s,
         )
 

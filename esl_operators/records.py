@@ -112,6 +112,8 @@ def parse_int(value: Any) -> int | None:
         raise ValueError(f"{value!r} is a boolean, not an integer")
     if isinstance(value, int):
         return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())  # exact, even beyond 2**53 where a float would round
     number: float | None = None
     if isinstance(value, float):
         number = value
@@ -173,7 +175,9 @@ class _Fields:
 
     def number(self, key: str) -> str:
         value = self.detail.get(key)
-        if value is None or value == "" or (isinstance(value, int | float) and not isinstance(value, bool)):
+        if value is None or value == "":
+            return ""
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return cell(value)
         if isinstance(value, str) and _is_finite_number(value):
             return value.strip()

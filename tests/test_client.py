@@ -18,6 +18,7 @@ from aiohttp import web
 
 from esl_operators.client import EslClient, Page, ServerTarget, segment, unwrap
 from esl_operators.exceptions import EnvelopeError, EslApiError
+from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.pagination import iter_pages
 from esl_operators.simulator import DEFAULT_STORE, Fleet, SimulatorThread, envelope
 from tests.expected import fast_transport
@@ -44,7 +45,7 @@ def with_client(target: ServerTarget, work: Callable[[EslClient], Awaitable[T]],
     """Run ``work`` in a fresh loop with a session and semaphore created inside that loop."""
 
     async def main() -> T:
-        limiter = asyncio.Semaphore(limit)
+        limiter = AdaptiveLimiter(limit, adaptive=False)
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
             client = EslClient(session, target, limiter, transport=FAST)
             return await asyncio.wait_for(work(client), timeout=30)
@@ -364,7 +365,7 @@ def against_hostile(call: Callable[[EslClient], Awaitable[Any]]) -> EslApiError:
 
     async def main() -> EslApiError:
         async with serve(hostile_app()) as url:
-            limiter = asyncio.Semaphore(2)
+            limiter = AdaptiveLimiter(2, adaptive=False)
             async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
                 client = EslClient(session, ServerTarget("hostile", url), limiter, transport=FAST)
                 try:
@@ -412,7 +413,9 @@ def test_users_entries_without_store_code_are_rejected() -> None:
         app = web.Application()
         app.router.add_get("/api3/users", users)
         async with serve(app) as url, aiohttp.ClientSession(timeout=TIMEOUT) as session:
-            client = EslClient(session, ServerTarget("odd", url), asyncio.Semaphore(1), transport=FAST)
+            client = EslClient(
+                session, ServerTarget("odd", url), AdaptiveLimiter(1, adaptive=False), transport=FAST
+            )
             with pytest.raises(EslApiError) as caught:
                 await asyncio.wait_for(client.list_stores(), timeout=30)
             return caught.value

@@ -15,6 +15,7 @@ from esl_operators.client import EslClient
 from esl_operators.config import parse_server_list, split_batches
 from esl_operators.exceptions import ConfigError
 from esl_operators.hooks import resolve_targets
+from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.simulator import envelope
 from tests.expected import fast_transport
 
@@ -137,7 +138,9 @@ def test_resolved_headers_and_auth_reach_the_wire(monkeypatch: pytest.MonkeyPatc
             [target] = await asyncio.to_thread(resolve_targets, ["esl_wire"])
             timeout = aiohttp.ClientTimeout(total=10)
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                client = EslClient(session, target, asyncio.Semaphore(1), transport=fast_transport())
+                client = EslClient(
+                    session, target, AdaptiveLimiter(1, adaptive=False), transport=fast_transport()
+                )
                 return await asyncio.wait_for(client.list_stores(), timeout=30)
         finally:
             await runner.cleanup()
