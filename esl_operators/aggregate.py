@@ -18,9 +18,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from esl_operators.csvformat import check_style, columns_for, sort_part, to_output
+from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order
 from esl_operators.exceptions import EslError
 from esl_operators.report import FleetStats, publish_report
 from esl_operators.storage import (
@@ -32,8 +34,8 @@ from esl_operators.storage import (
     read_part,
     remove_stale_outputs,
     run_dir,
-    write_csv_atomic,
     write_json_atomic,
+    write_lines_atomic,
     write_text_atomic,
 )
 
@@ -52,24 +54,34 @@ def _check_batches(manifests: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
     return ordered
 
 
-def drop_failed(part: pd.DataFrame, errors: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+def drop_failed(part: pa.Table, errors: Sequence[Mapping[str, str]]) -> pa.Table:
     """Remove the rows of failed stores (``store`` empty: the whole server failed)."""
-    failed_servers = {e["server"] for e in errors if not e["store"]}
-    failed_stores = {(e["server"], e["store"]) for e in errors if e["store"]}
+    failed_servers = sorted({e["server"] for e in errors if not e["store"]})
+    failed_stores = sorted({f"{e['server']}\x1f{e['store']}" for e in errors if e["store"]})
     if not failed_servers and not failed_stores:
         return part
-    keys = pd.Series(list(zip(part["server"], part["store"], strict=True)), index=part.index, dtype=object)
-    bad = part["server"].isin(failed_servers) | keys.isin(failed_stores)
-    return part.loc[~bad]
+    keys = pc.binary_join_element_wise(part["server"], part["store"], "\x1f")
+    bad = pc.or_(
+        pc.is_in(part["server"], pa.array(failed_servers, pa.string())),
+        pc.is_in(keys, pa.array(failed_stores, pa.string())),
+    )
+    return part.filter(pc.invert(bad))
 
 
-def drop_duplicates(part: pd.DataFrame) -> pd.DataFrame:
+def drop_duplicates(part: pa.Table) -> pa.Table:
     """Keep one row per (server, esl_id): the latest ``last_hb_time``, ties to the first store by name."""
-    if not part.duplicated(["server", "esl_id"]).any():
-        return part
-    ranked = part.assign(_hb=pd.to_numeric(part["last_hb_time"]))
-    ranked = ranked.sort_values(["server", "esl_id", "_hb", "store"], ascending=[True, True, False, True])
-    return ranked.drop_duplicates(["server", "esl_id"], keep="first").drop(columns="_hb")
+    if pc.count_distinct(part["esl_id"]).as_py() == part.num_rows:
+        return part  # the usual case: every id once, so no (server, esl_id) pair repeats either
+    keys = pc.binary_join_element_wise(part["server"], part["esl_id"], "\x1f")
+    ranked = part.append_column("_key", keys).append_column("_hb", pc.cast(part["last_hb_time"], pa.int64()))
+    order = pc.sort_indices(
+        ranked, sort_keys=[("_key", "ascending"), ("_hb", "descending"), ("store", "ascending")]
+    )
+    ranked = ranked.take(order)
+    sorted_keys = ranked["_key"].combine_chunks()
+    first = np.ones(len(sorted_keys), dtype=bool)
+    first[1:] = pc.not_equal(sorted_keys[1:], sorted_keys[:-1]).to_numpy(zero_copy_only=False)
+    return ranked.filter(pa.array(first)).drop_columns(["_key", "_hb"])
 
 
 def aggregate_run(
@@ -99,20 +111,25 @@ def aggregate_run(
             )
         complete = drop_failed(part, manifest["errors"])
         unique = drop_duplicates(complete)
-        stats.add(unique)
+        stats.add(unique.to_pandas())
         name = partition_name(batch)
-        write_csv_atomic(folder / name, to_output(sort_part(unique), style, zone))
+        write_lines_atomic(
+            folder / name, columns_for(style), render_lines(unique, style, zone), sort_order(unique)
+        )
         partitions.append(
             {
                 "file": name,
-                "rows": len(unique),
+                "rows": unique.num_rows,
                 "servers": sorted(manifest["servers"]),
                 "dropped_failed_store_rows": len(part) - len(complete),
                 "dropped_duplicate_rows": len(complete) - len(unique),
             }
         )
-        for (server, store), count in unique.groupby(["server", "store"]).size().items():
-            rows_by_store.setdefault(server, {})[store] = int(count)
+        counts = unique.group_by(["server", "store"]).aggregate([([], "count_all")])
+        for server, store, count in zip(
+            *(counts[c].to_pylist() for c in ("server", "store", "count_all")), strict=True
+        ):
+            rows_by_store.setdefault(server, {})[store] = count
         log.info("%s: %d rows", name, len(unique))
     removed = remove_stale_outputs(folder, len(ordered))
     run_manifest = _run_manifest(ordered, partitions, rows_by_store, ds, style, params, removed)

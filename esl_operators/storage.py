@@ -9,23 +9,27 @@ Layout of one run::
     {output_root}/{ds}/esl_id_part_{n}.csv      published partitions, n = batch index + 1
     {output_root}/{ds}/_manifest.json            what the run did (rows, errors, params, durations)
     {output_root}/{ds}/_SUCCESS                  written last, once everything above is in place
-    {output_root}/{ds}/_parts/batch-{i}.csv      fetch task i's rows (intermediate)
+    {output_root}/{ds}/_parts/batch-{i}.arrow    fetch task i's rows (intermediate, Arrow IPC stream)
     {output_root}/{ds}/_parts/batch-{i}.json     fetch task i's manifest (also returned via XCom)
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, Self
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc
 
+from esl_operators.csvformat import WORKERS, string_bytes
 from esl_operators.exceptions import ConfigError
 from esl_operators.records import PART_COLUMNS
 
@@ -58,8 +62,11 @@ def run_dir(output_root: PathLike, ds: str) -> Any:
     return output_root / ds
 
 
+PART_SUFFIX = ".arrow"
+
+
 def part_path(output_root: PathLike, ds: str, batch: int) -> Any:
-    return run_dir(output_root, ds) / PARTS_DIR / f"batch-{int(batch)}.csv"
+    return run_dir(output_root, ds) / PARTS_DIR / f"batch-{int(batch)}{PART_SUFFIX}"
 
 
 def partition_name(batch: int) -> str:
@@ -87,8 +94,16 @@ def read_json(path: PathLike) -> Any:
         return json.load(handle)
 
 
+PART_SCHEMA = pa.schema([(name, pa.string()) for name in PART_COLUMNS])
+
+
 class PartWriter:
-    """Thread-safe streaming writer of part rows; the file appears under its name only on commit."""
+    """Thread-safe streaming writer of part rows; the file appears under its name only on commit.
+
+    Parts are Arrow IPC streams of string columns (``PART_COLUMNS``): appending a chunk is cheap,
+    the aggregate step reads them back without parsing, and any Arrow tool (pyarrow, pandas,
+    DuckDB) opens them for debugging.
+    """
 
     def __init__(self, path: PathLike) -> None:
         self.path = path
@@ -97,17 +112,21 @@ class PartWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_temporaries(path)
         self._tmp = _temporary(path)
-        self._handle = self._tmp.open("w", encoding="utf-8", newline="")
-        self._csv = csv.writer(self._handle, lineterminator="\n")
-        self._csv.writerow(PART_COLUMNS)
+        self._handle = self._tmp.open("wb")
+        self._stream = pa.ipc.new_stream(self._handle, PART_SCHEMA)
 
     def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
+        if not rows:
+            return
+        columns = [pa.array(column, pa.string()) for column in zip(*rows, strict=True)]
+        batch = pa.RecordBatch.from_arrays(columns, schema=PART_SCHEMA)
         with self._lock:
-            self._csv.writerows(rows)
+            self._stream.write_batch(batch)
             self.rows += len(rows)
 
     def commit(self) -> None:
         with self._lock:
+            self._stream.close()
             self._handle.close()
             self._tmp.rename(self.path)
 
@@ -126,25 +145,41 @@ class PartWriter:
             self.discard()
 
 
-def read_part(path: PathLike) -> pd.DataFrame:
-    """Read a part file back as strings, exactly as written (no NA guessing, no float parsing)."""
+def read_part(path: PathLike) -> pa.Table:
+    """Read a part file back: string columns exactly as written."""
     with path.open("rb") as handle:
-        frame = pd.read_csv(handle, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
-    if tuple(frame.columns) != PART_COLUMNS:
-        raise ValueError(f"{path}: unexpected part columns {list(frame.columns)}")
-    return frame
+        table = pa.ipc.open_stream(handle).read_all()
+    if table.schema != PART_SCHEMA:
+        raise ValueError(f"{path}: unexpected part columns {table.column_names}")
+    return table
 
 
-def write_csv_atomic(path: PathLike, frame: pd.DataFrame) -> None:
+# Lines moved per slice: bounds the temporary buffers (and Arrow's 2 GiB string offsets).
+WRITE_SLICE_ROWS = 250_000
+
+
+def write_lines_atomic(
+    path: PathLike, header: Sequence[str], lines: pa.ChunkedArray, order: pa.Array
+) -> None:
+    """Write a CSV from ready-made lines (``csvformat.render_lines``: each ends in a line feed) in
+    ``order``. The bytes go straight from Arrow's buffers to the file; slices reorder on several cores.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    head = io.StringIO()
+    csv.writer(head, lineterminator="\n").writerow(header)
+    # One contiguous array: taking from many chunks would re-concatenate them for every slice.
+    whole = lines.combine_chunks() if lines.num_chunks else pa.array([], pa.string())
     tmp = _temporary(path)
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
-        frame.to_csv(handle, index=False, lineterminator="\n")
+    with tmp.open("wb") as handle, ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        handle.write(head.getvalue().encode("utf-8"))
+        slices = (order.slice(start, WRITE_SLICE_ROWS) for start in range(0, len(order), WRITE_SLICE_ROWS))
+        for piece in pool.map(whole.take, slices):
+            handle.write(string_bytes(piece))
     tmp.rename(path)
 
 
 _PARTITION = re.compile(r"esl_id_part_(\d+)\.csv")
-_PART = re.compile(r"batch-(\d+)\.(csv|json)")
+_PART = re.compile(r"batch-(\d+)\.(arrow|json)")
 
 
 def remove_stale_outputs(directory: PathLike, batches: int) -> list[str]:

@@ -11,7 +11,14 @@ from typing import Any
 
 import pandas as pd
 
-from esl_operators.csvformat import STANDARD_COLUMNS, check_style, sort_part, to_output
+from esl_operators.csvformat import (
+    STANDARD_COLUMNS,
+    as_table,
+    check_style,
+    columns_for,
+    render_lines,
+    sort_order,
+)
 from esl_operators.records import DAY_MS, PART_COLUMNS, to_part_row
 from esl_operators.report import FleetStats, publish_report
 from esl_operators.simulator import Fleet
@@ -19,8 +26,8 @@ from esl_operators.storage import (
     MANIFEST_NAME,
     partition_name,
     run_dir,
-    write_csv_atomic,
     write_json_atomic,
+    write_lines_atomic,
 )
 
 
@@ -59,7 +66,9 @@ def publish_run(
     partitions = []
     rows_by_store: dict[str, dict[str, int]] = {}
     for batch, (frame, name) in enumerate(zip(fleet_parts(fleet, names, cutoff_ms), names, strict=True)):
-        write_csv_atomic(folder / partition_name(batch), to_output(sort_part(frame), style, zone))
+        table = as_table(frame)
+        lines = render_lines(table, style, zone)
+        write_lines_atomic(folder / partition_name(batch), columns_for(style), lines, sort_order(table))
         stats.add(frame)
         partitions.append({"file": partition_name(batch), "rows": len(frame), "servers": [name]})
         counts = frame["store"].value_counts().to_dict()

@@ -36,6 +36,7 @@ from esl_operators.client import ServerTarget
 from esl_operators.engine import FetchSettings, ServerResult, StoreResult, fetch_servers
 from esl_operators.exceptions import RecordError
 from esl_operators.records import MAX_EPOCH_MS, PART_COLUMNS, to_part_row
+from esl_operators.storage import PartWriter, read_part
 from tests.conftest import ANCHOR, ANCHOR_MS
 from tests.expected import fast_transport
 
@@ -686,7 +687,7 @@ def test_same_esl_in_two_stores_keeps_the_latest_heartbeat(server: FixtureServer
     }
     manifest = fetch_batch(server, tmp_path, script)
     assert (manifest["errors"], manifest["rows"]) == ([], 5)
-    part = read_csv(tmp_path / DS / "_parts" / "batch-0.csv")
+    part = read_part(tmp_path / DS / "_parts" / "batch-0.arrow").to_pylist()
     a1 = {r["store"]: int(r["last_hb_time"]) for r in part if r["esl_id"] == "A-1"}
     assert sorted(a1.values()) == [earlier, FRESH]
     latest_store = max(a1, key=lambda store: a1[store])
@@ -774,10 +775,11 @@ def test_part_missing_a_row_fails_the_aggregate_and_publishes_nothing_new(
     published = (folder / "esl_id_part_1.csv").read_bytes()
     run_manifest = (folder / "_manifest.json").read_bytes()
     assert (folder / "_SUCCESS").exists()
-    part = folder / "_parts" / "batch-0.csv"
-    lines = part.read_text(encoding="utf-8").splitlines(keepends=True)
-    assert len(lines) == 1 + 4
-    part.write_text("".join(lines[:-1]), encoding="utf-8")
+    part = folder / "_parts" / "batch-0.arrow"
+    rows = read_part(part)
+    assert rows.num_rows == 4
+    with PartWriter(part) as writer:  # the same part, one row short
+        writer.write_rows([tuple(r.values()) for r in rows.slice(0, 3).to_pylist()])
 
     with pytest.raises(AggregateError) as caught:
         aggregate_run([manifest], output_root=tmp_path, ds=DS)

