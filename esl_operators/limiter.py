@@ -17,6 +17,7 @@ event loop (the server's thread); it holds no lock across threads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -55,7 +56,9 @@ class AdaptiveLimiter:
         self.limit = min_limit if adaptive else max_limit
         self.in_flight = 0
         self.changes = 0
-        self._ready = asyncio.Condition()
+        # FIFO of waiting requests: a freed slot wakes exactly one of them, never all (with hundreds
+        # of details queued per server, waking everyone on every release costs more than the HTTP).
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._baseline_s: float | None = None
         self._recent_s: float | None = None
         self._window_done = 0  # completions since the limit last changed
@@ -64,9 +67,7 @@ class AdaptiveLimiter:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Outcome]:
         """Hold one unit of the limit for a request; report its outcome by filling the yielded object."""
-        async with self._ready:
-            await self._ready.wait_for(lambda: self.in_flight < self.limit)
-            self.in_flight += 1
+        await self._acquire()
         outcome = Outcome()
         started = time.monotonic()
         try:
@@ -74,8 +75,31 @@ class AdaptiveLimiter:
         finally:
             self.in_flight -= 1
             self.record(outcome, time.monotonic() - started)
-            async with self._ready:
-                self._ready.notify_all()
+            self._wake()
+
+    async def _acquire(self) -> None:
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.in_flight -= 1  # the slot arrived just as we were cancelled: pass it on
+                self._wake()
+            elif granted in self._waiters:
+                self._waiters.remove(granted)
+            raise
+
+    def _wake(self) -> None:
+        """Hand free slots to the longest-waiting requests (the slot is counted for them here)."""
+        while self._waiters and self.in_flight < self.limit:
+            granted = self._waiters.popleft()
+            if not granted.done():
+                self.in_flight += 1
+                granted.set_result(None)
 
     def record(self, outcome: Outcome, latency_s: float) -> None:
         """Feed one finished request into the control law (pure bookkeeping, unit-testable)."""
@@ -115,3 +139,4 @@ class AdaptiveLimiter:
         self.limit = limit
         self.changes += 1
         self._window_done = 0
+        self._wake()  # a grown limit lets waiting requests go at once (resize in place)

@@ -111,3 +111,28 @@ def test_slots_enforce_the_limit_and_a_grown_limit_releases_waiters() -> None:
 
     peak, limit, in_flight = asyncio.run(main())
     assert (peak, limit, in_flight) == (3, 3, 0)
+
+
+def test_waiters_are_served_first_come_first_served_and_cancellation_frees_nothing_twice() -> None:
+    async def main() -> tuple[list[int], int, int]:
+        limiter = AdaptiveLimiter(1, adaptive=False)
+        order: list[int] = []
+        gate = asyncio.Event()
+
+        async def request(number: int) -> None:
+            async with limiter.slot() as outcome:
+                order.append(number)
+                await gate.wait()
+                outcome.answered = True
+
+        first = asyncio.create_task(request(0))
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(request(n)) for n in range(1, 6)]
+        await asyncio.sleep(0)
+        waiting[1].cancel()  # request 2 gives up while queued: its place must not leak a slot
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *waiting, return_exceptions=True), timeout=10)
+        return order, limiter.in_flight, len(limiter._waiters)
+
+    order, in_flight, queued = asyncio.run(main())
+    assert (order, in_flight, queued) == ([0, 1, 3, 4, 5], 0, 0)
