@@ -24,9 +24,9 @@ import pyarrow.compute as pc
 
 from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order
 from esl_operators.exceptions import EslError
-from esl_operators.report import FleetStats, publish_report
 from esl_operators.storage import (
     MANIFEST_NAME,
+    REPORT_NAME,
     SUCCESS_NAME,
     PathLike,
     part_path,
@@ -92,14 +92,19 @@ def aggregate_run(
     header_style: str = "standard",
     timezone: str = "UTC",
     params: Mapping[str, Any] | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Publish the partitions and the run manifest; return a small summary for XCom."""
+    """Publish the partitions and the run manifest (and ``report.html``); return a small summary."""
     started = time.monotonic()
     style, zone = check_style(header_style, timezone)
     ordered = _check_batches(manifests)
     folder = run_dir(output_root, ds)
     (folder / SUCCESS_NAME).unlink(missing_ok=True)
-    stats = FleetStats()  # report aggregates only: bounded by stores and days, not by rows
+    (folder / REPORT_NAME).unlink(missing_ok=True)  # never leave an earlier run's report behind
+    if report:
+        from esl_operators.report import FleetStats  # matplotlib: loaded only when a report is wanted
+
+        stats: Any = FleetStats()  # report aggregates only: bounded by stores and days, not by rows
     partitions: list[dict[str, Any]] = []
     rows_by_store: dict[str, dict[str, int]] = {}
     for manifest in ordered:
@@ -111,7 +116,8 @@ def aggregate_run(
             )
         complete = drop_failed(part, manifest["errors"])
         unique = drop_duplicates(complete)
-        stats.add(unique.to_pandas())
+        if report:
+            stats.add(unique.to_pandas())
         name = partition_name(batch)
         write_lines_atomic(
             folder / name, columns_for(style), render_lines(unique, style, zone), sort_order(unique)
@@ -133,7 +139,10 @@ def aggregate_run(
         log.info("%s: %d rows", name, len(unique))
     removed = remove_stale_outputs(folder, len(ordered))
     run_manifest = _run_manifest(ordered, partitions, rows_by_store, ds, style, params, removed)
-    publish_report(folder, stats, run_manifest)  # before the manifest, which marks the run published
+    if report:
+        from esl_operators.report import publish_report
+
+        publish_report(folder, stats, run_manifest)  # before the manifest, which marks the run published
     run_manifest["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
     write_json_atomic(folder / MANIFEST_NAME, run_manifest)
     write_text_atomic(folder / SUCCESS_NAME, "")

@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--request-timeout", type=float, default=60.0, help="seconds per attempt")
     fetch.add_argument("--connect-timeout", type=float, default=10.0, help="seconds")
     fetch.add_argument("--retry-attempts", type=int, default=5)
+    fetch.add_argument("--report", action="store_true", help="also write report.html (charts; slower)")
     return parser
 
 
@@ -117,6 +118,7 @@ def fetch(args: argparse.Namespace) -> int:
         header_style=args.header_style,
         timezone=args.timezone,
         params=params,
+        report=args.report,
     )
     for name, rows in summary["partitions"].items():
         print(f"{root / ds / name}\t{rows} rows")

@@ -8,6 +8,7 @@ Layout of one run::
 
     {output_root}/{ds}/esl_id_part_{n}.csv      published partitions, n = batch index + 1
     {output_root}/{ds}/_manifest.json            what the run did (rows, errors, params, durations)
+    {output_root}/{ds}/report.html               the fleet report (charts) of the run
     {output_root}/{ds}/_SUCCESS                  written last, once everything above is in place
     {output_root}/{ds}/_parts/batch-{i}.arrow    fetch task i's rows (intermediate, Arrow IPC stream)
     {output_root}/{ds}/_parts/batch-{i}.json     fetch task i's manifest (also returned via XCom)
@@ -36,6 +37,7 @@ from esl_operators.records import PART_COLUMNS
 PARTS_DIR = "_parts"
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
+REPORT_NAME = "report.html"
 _DS = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 

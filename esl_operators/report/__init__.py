@@ -13,9 +13,7 @@ from typing import Any
 from esl_operators.records import epoch_ms
 from esl_operators.report.page import render_report
 from esl_operators.report.stats import FleetStats
-from esl_operators.storage import PathLike, write_text_atomic
-
-REPORT_NAME = "report.html"
+from esl_operators.storage import REPORT_NAME, PathLike, write_text_atomic
 
 __all__ = ["REPORT_NAME", "FleetStats", "anchor_ms_of", "publish_report", "render_report"]
 
