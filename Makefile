@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DIST_STAMP := $(VENV)/.installed-distributed
 DEMO_PORT ?= 18180
 
-.PHONY: install test test-ui lint demo clean
+.PHONY: install test test-ui test-distributed lint demo clean
 
 install: $(STAMP)
 
@@ -24,18 +25,34 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Fast and self-contained: no browser, no Airflow services, no PostgreSQL or Redis.
 test: install lint
-	$(BIN)/pytest -m "not ui"
+	$(BIN)/pytest -m "not ui and not services and not distributed"
 
 # Browser tests: a real api-server driven by headless Debian Chromium through Playwright (never
 # `playwright install`). If the Chromium package cannot be installed the tests skip, saying why.
+# Plus the `services` tests: api-server, scheduler and dag-processor on SQLite running the trigger-form
+# run, REST validation and a backfill (they need no browser).
 test-ui: install
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; } \
 		|| echo "WARNING: could not install Debian chromium; browser tests will be skipped"
-	$(BIN)/pytest -m ui tests/ui
+	$(BIN)/pytest -m "ui or services" tests/ui
+
+$(DIST_STAMP): $(STAMP) requirements-distributed.txt constraints.txt
+	$(BIN)/python -m pip install --quiet -r requirements-distributed.txt -c constraints.txt
+	touch $(DIST_STAMP)
+
+# CeleryExecutor on PostgreSQL + Redis (Debian packages, installed if missing) with two workers.
+test-distributed: install $(DIST_STAMP)
+	bash scripts/install-services.sh
+	ESL_REQUIRE_DISTRIBUTED=1 $(BIN)/pytest -m distributed tests/distributed
 
 demo: install
 	DEMO_PORT=$(DEMO_PORT) bash scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) airflow_home data .pytest_cache .ruff_cache *.egg-info
+
+.PHONY: bench
+bench: install
+	$(BIN)/python benchmarks/run.py --out BENCHMARKS.md

@@ -8,9 +8,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Asset, Param, task
 
 from esl_operators import EslAggregateOperator, EslFetchOperator
+from esl_operators.config import (
+    FETCH_POOL,
+    MAX_ACTIVE_FETCHES_PER_RUN,
+    OUTPUT_ASSET_NAME,
+    OUTPUT_ASSET_URI,
+)
+
+# Updated by the aggregate task once a date is published; the event's extra names the date and folder.
+esl_export_csv = Asset(name=OUTPUT_ASSET_NAME, uri=OUTPUT_ASSET_URI, group="esl")
 
 with DAG(
     dag_id="esl_export",
@@ -26,7 +35,8 @@ with DAG(
         "servers": Param(
             None,
             type=["null", "array"],
-            items={"type": "string"},
+            items={"type": "string", "minLength": 1},
+            uniqueItems=True,
             title="Servers",
             description="Connection ids of the ESL-Working servers. Empty: the Variable esl_servers.",
         ),
@@ -50,6 +60,7 @@ with DAG(
             50_000,
             type="integer",
             minimum=1,
+            maximum=10_000_000,
             title="Max rows per store",
             description="Stop a store once this many rows are kept; capped stores are named in the manifest.",
         ),
@@ -60,6 +71,14 @@ with DAG(
             maximum=64,
             title="Requests in flight per server",
             description="Concurrent requests per server; weak in-store servers want a small number.",
+        ),
+        "adaptive_concurrency": Param(
+            True,
+            type="boolean",
+            title="Adapt concurrency per server",
+            description="Start each server at 1 request in flight and adapt up to max_concurrency: grow "
+            "while latency stays near its baseline, back off on 429/503, timeouts and rising latency. "
+            "Off: every server gets max_concurrency from the start.",
         ),
         "max_threads": Param(
             3,
@@ -138,6 +157,7 @@ with DAG(
         lookback_days="{{ params.lookback_days }}",
         max_records_per_store="{{ params.max_records_per_store }}",
         max_concurrency="{{ params.max_concurrency }}",
+        adaptive_concurrency="{{ params.adaptive_concurrency }}",
         max_threads="{{ params.max_threads }}",
         on_server_error="{{ params.on_server_error }}",
         request_timeout_s="{{ params.request_timeout_s }}",
@@ -145,6 +165,8 @@ with DAG(
         retry_attempts="{{ params.retry_attempts }}",
         retries=2,
         retry_delay=timedelta(minutes=1),
+        pool=FETCH_POOL,  # bounds fetch tasks across all runs and workers (README: Scale-out)
+        max_active_tis_per_dagrun=MAX_ACTIVE_FETCHES_PER_RUN,
     ).expand(servers=plan_batches())
 
     EslAggregateOperator(
@@ -153,4 +175,5 @@ with DAG(
         output_root="{{ params.output_root }}",
         header_style="{{ params.header_style }}",
         timezone="{{ params.timezone }}",
+        outlets=[esl_export_csv],
     )

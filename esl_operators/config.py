@@ -17,6 +17,17 @@ SERVERS_VARIABLE = "esl_servers"
 OUTPUT_ROOT_VARIABLE = "esl_output_root"
 DEFAULT_OUTPUT_ROOT = "./data/esl_export"
 
+#: Airflow pool every fetch task runs in; create it with ``airflow pools set esl_working 16 "..."``.
+#: Its slots bound the fetch tasks running at once across all runs and workers.
+FETCH_POOL = "esl_working"
+#: Fetch tasks of one run that may run at once, whatever the pool allows.
+MAX_ACTIVE_FETCHES_PER_RUN = 8
+#: The name of the Asset the aggregate task updates when a date is published.
+OUTPUT_ASSET_NAME = "esl_export_csv"
+OUTPUT_ASSET_URI = "x-esl-export://esl_export/csv"
+#: Airflow's default for ``[core] max_map_length``.
+DEFAULT_MAX_MAP_LENGTH = 1024
+
 
 def parse_server_list(value: Any, source: str) -> list[str]:
     """A list of connection ids: JSON text or a list, non-empty strings, no duplicates."""
@@ -58,9 +69,39 @@ def split_batches(servers: list[str], servers_per_batch: int) -> list[list[str]]
     return [servers[i : i + servers_per_batch] for i in range(0, len(servers), servers_per_batch)]
 
 
-def plan_run(params: Mapping[str, Any], context: Mapping[str, Any]) -> list[list[str]]:
-    """First task of a run: the batches to fetch; the date's ``_SUCCESS`` is withdrawn until the end."""
-    batches = split_batches(resolve_servers(params.get("servers")), int(params["servers_per_batch"]))
+def max_map_length() -> int:
+    """Airflow's ``[core] max_map_length``: the most mapped tasks one upstream list may create."""
+    from airflow.sdk.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=DEFAULT_MAX_MAP_LENGTH)
+
+
+def check_map_length(servers: int, servers_per_batch: int, limit: int) -> None:
+    """Refuse a plan with more batches than Airflow can map, saying how to fix it."""
+    batches = -(-servers // servers_per_batch)
+    if batches <= limit:
+        return
+    needed = -(-servers // limit)
+    raise ConfigError(
+        f"{servers} servers in batches of {servers_per_batch} make {batches} fetch tasks, more than "
+        f"Airflow's [core] max_map_length of {limit}: set the param servers_per_batch to at least "
+        f"{needed}, or raise max_map_length (AIRFLOW__CORE__MAX_MAP_LENGTH) on the scheduler, "
+        "API server and workers"
+    )
+
+
+def plan_run(
+    params: Mapping[str, Any], context: Mapping[str, Any], *, map_limit: int | None = None
+) -> list[list[str]]:
+    """First task of a run: the batches to fetch; the date's ``_SUCCESS`` is withdrawn until the end.
+
+    Fails before anything is written when the batches would exceed ``map_limit`` (default: Airflow's
+    ``[core] max_map_length``), which Airflow would otherwise reject with a terse message.
+    """
+    servers = resolve_servers(params.get("servers"))
+    per_batch = int(params["servers_per_batch"])
+    batches = split_batches(servers, per_batch)
+    check_map_length(len(servers), per_batch, max_map_length() if map_limit is None else map_limit)
     _, ds = run_anchor(context)
     folder = run_dir(resolve_output_root(params.get("output_root")), ds)
     (folder / SUCCESS_NAME).unlink(missing_ok=True)

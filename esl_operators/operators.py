@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseOperator
 
@@ -15,6 +16,7 @@ from esl_operators.exceptions import ConfigError, EslError
 from esl_operators.hooks import resolve_targets
 from esl_operators.pagination import DEFAULT_MAX_PAGES
 from esl_operators.records import heartbeat_cutoff_ms
+from esl_operators.redaction import redact_url
 
 ON_SERVER_ERROR = ("fail", "skip")
 
@@ -26,7 +28,7 @@ class EslFetchError(EslError):
 class EslFetchOperator(BaseOperator):
     """Fetch every ESL of a batch of ESL-Working servers into one part file.
 
-    Rows stream to ``{output_root}/{ds}/_parts/batch-{map_index}.csv``; the task returns a small
+    Rows stream to ``{output_root}/{ds}/_parts/batch-{map_index}.arrow``; the task returns a small
     manifest (rows, per-store counts, capped stores, errors), never the rows themselves. If any server or
     store failed, the task fails after writing its manifest, so the retry redoes this batch alone.
 
@@ -151,6 +153,10 @@ class EslFetchOperator(BaseOperator):
 class EslAggregateOperator(BaseOperator):
     """Sort the fetch tasks' parts into ``esl_id_part_N.csv`` partitions and write ``_manifest.json``.
 
+    Every Asset in ``outlets`` gets an event when the date is published, whose ``extra`` says what was
+    published: ``ds``, ``folder`` (the date's output folder), ``rows``, ``partitions`` and ``errors``.
+    Downstream DAGs scheduled on the Asset read it from ``triggering_asset_events``.
+
     :param manifests: The fetch tasks' manifests (usually ``fetch.output``).
     :param output_root: As for :class:`EslFetchOperator`.
     :param header_style: ``standard`` or ``legacy`` (the legacy script's Chinese headers and order).
@@ -180,11 +186,41 @@ class EslAggregateOperator(BaseOperator):
         params = dict(context.get("params") or {})
         # Index by position: iterating a lazy XCom sequence probes one past the end and logs a 404.
         manifests = self.manifests or []
-        return aggregate_run(
+        root = resolve_output_root(self.output_root)
+        summary = aggregate_run(
             [manifests[i] for i in range(len(manifests))],
-            output_root=resolve_output_root(self.output_root),
+            output_root=root,
             ds=ds,
             header_style=self.header_style,
             timezone=self.timezone,
             params=params,
         )
+        announce_published(context, self.outlets, published_event(summary, str(root / ds)))
+        return summary
+
+
+def published_event(summary: dict[str, Any], folder: str) -> dict[str, Any]:
+    """The ``extra`` of the Asset event for a published date (JSON; no credentials)."""
+    # ``s3://aws_default@bucket/...`` names a connection id, not a secret: keep it, so consumers can
+    # open the folder; a URL that carries a password is redacted.
+    if urlsplit(folder).password is not None:
+        folder = redact_url(folder)
+    return {
+        "ds": summary["date"],
+        "folder": folder,
+        "rows": summary["rows"],
+        "partitions": sorted(summary["partitions"]),
+        "errors": summary["errors"],
+    }
+
+
+def announce_published(context: Any, outlets: Sequence[Any], extra: dict[str, Any]) -> None:
+    """Attach ``extra`` to the events of the task's Asset outlets (aliases and others are left alone)."""
+    from airflow.sdk import Asset
+
+    events = context.get("outlet_events")
+    if events is None:
+        return
+    for outlet in outlets or ():
+        if isinstance(outlet, Asset):
+            events[outlet].extra = dict(extra)

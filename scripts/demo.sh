@@ -33,6 +33,9 @@ for _ in $(seq 100); do  # up to ~10 s for the last server to listen
 done
 
 "$BIN/airflow" db migrate > "$AIRFLOW_HOME/migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/migrate.log"; exit 1; }
+# The pool every fetch task runs in (README: Scale-out); scheduled runs need it to exist.
+"$BIN/airflow" pools set esl_working 16 "ESL-Working fetch tasks" >> "$AIRFLOW_HOME/migrate.log" 2>&1 \
+  || { tail -20 "$AIRFLOW_HOME/migrate.log"; exit 1; }
 echo "== airflow dags test esl_export $DS"
 "$BIN/airflow" dags test esl_export "$DS" > "$AIRFLOW_HOME/dags-test.log" 2>&1 \
   || { tail -40 "$AIRFLOW_HOME/dags-test.log"; echo "dags test failed; full log: $AIRFLOW_HOME/dags-test.log"; exit 1; }

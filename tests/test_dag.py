@@ -54,6 +54,7 @@ def test_dag_parses_without_network_or_variables() -> None:
         "lookback_days": 7,
         "max_records_per_store": 50_000,
         "max_concurrency": 4,
+        "adaptive_concurrency": True,
         "max_threads": 3,
         "on_server_error": "fail",
         "request_timeout_s": 60,

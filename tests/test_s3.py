@@ -1,0 +1,158 @@
+"""``output_root`` on object storage: a real ``dag.test()`` run writing to ``s3://`` on a local S3 server.
+
+The S3 server is moto's (PyPI ``moto[server]``), started on 127.0.0.1 by this module and stopped by its
+PID; Airflow reaches it through the Amazon provider (the optional ``esl-export[amazon]`` extra) and an
+``aws_default`` connection whose ``endpoint_url`` points at it. Nothing talks to AWS.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esl_operators.csvformat import STANDARD_COLUMNS
+from esl_operators.simulator import Fleet, SimulatorThread
+from tests.conftest import ANCHOR, ANCHOR_MS
+from tests.expected import expected_partition
+from tests.test_dag import _connect, _load_dag, _without_retries
+from tests.ui.harness import free_port
+
+pytest.importorskip("airflow.providers.amazon", reason="the Amazon provider (esl-export[amazon]) is missing")
+pytest.importorskip("s3fs", reason="s3fs (apache-airflow-providers-amazon[s3fs]) is missing")
+pytest.importorskip("moto.server", reason="moto[server] (requirements-test.txt) is missing")
+
+BUCKET = "esl-exports"
+KEY = "testing"  # moto accepts any credentials; these are not secrets
+DAY_MS = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto server exited: {log.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"moto server not up on {url} within 60 s") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=KEY,
+        aws_secret_access_key=KEY,
+    )
+
+
+def _rows(client: Any, key: str) -> list[list[str]]:
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode("utf-8")
+    return list(csv.reader(io.StringIO(body, newline="")))
+
+
+@pytest.mark.parametrize(
+    ("root", "credentials"),
+    [
+        # the connection named in the URL (ObjectStoragePath's conn_id@bucket form) holds the endpoint
+        (f"s3://aws_default@{BUCKET}/esl", "connection"),
+        # a plain bucket URL, as in the README: boto's own environment settings apply
+        (f"s3://{BUCKET}/plain", "environment"),
+    ],
+)
+def test_dag_run_publishes_to_an_s3_output_root(
+    root: str,
+    credentials: str,
+    airflow_db: str,
+    simulator: SimulatorThread,
+    small_fleet: Fleet,
+    s3_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = _client(s3_endpoint)
+    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=BUCKET)
+    names = _connect(monkeypatch, simulator, tmp_path / "unused-local-root")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never probe an instance-metadata address
+    if credentials == "connection":
+        extra = {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}
+        conn = {"conn_type": "aws", "login": KEY, "password": KEY, "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
+    else:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": KEY,
+            "AWS_SECRET_ACCESS_KEY": KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        }.items():
+            monkeypatch.setenv(name, value)
+    prefix = root.split(f"{BUCKET}/", 1)[1] + "/2024-05-10/"
+
+    dag = _without_retries(_load_dag())
+    run = dag.test(logical_date=ANCHOR, run_conf={"servers_per_batch": 2, "output_root": root})
+    assert run.state == "success"
+
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    keys = {item["Key"][len(prefix) :] for item in listing.get("Contents", [])}
+    assert {
+        "esl_id_part_1.csv",
+        "esl_id_part_2.csv",
+        "_manifest.json",
+        "_SUCCESS",
+        "_parts/batch-0.json",
+        "_parts/batch-1.json",
+    } <= keys
+    assert not [k for k in keys if k.endswith(".tmp")]  # every temporary was renamed into place
+
+    cutoff = ANCHOR_MS - 7 * DAY_MS
+    part1 = _rows(client, prefix + "esl_id_part_1.csv")
+    part2 = _rows(client, prefix + "esl_id_part_2.csv")
+    assert part1[0] == list(STANDARD_COLUMNS)
+    assert part1[1:] == expected_partition(small_fleet, {0: names[0], 1: names[1]}, cutoff)
+    assert part2[1:] == expected_partition(small_fleet, {2: names[2]}, cutoff)
+    assert len(part1) > 100
+
+    manifest = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "_manifest.json")["Body"].read())
+    assert [(p["file"], p["rows"]) for p in manifest["partitions"]] == [
+        ("esl_id_part_1.csv", len(part1) - 1),
+        ("esl_id_part_2.csv", len(part2) - 1),
+    ]
+    assert not (tmp_path / "unused-local-root").exists()  # nothing went to the local default
