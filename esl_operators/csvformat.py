@@ -9,15 +9,17 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from esl_operators.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd  # only for callers holding pandas frames; the hot path is Arrow
 from esl_operators.records import PART_COLUMNS
 
 HeaderStyle = Literal["standard", "legacy"]
@@ -112,7 +114,7 @@ def as_table(rows: pa.Table | pd.DataFrame) -> pa.Table:
     """Arrow table of string columns; a pandas frame of part rows is converted once."""
     if isinstance(rows, pa.Table):
         return rows
-    table = pa.Table.from_pandas(rows.astype(str), preserve_index=False)
+    table = pa.Table.from_pandas(rows.astype(str), preserve_index=False)  # rows is a pandas frame
     # pandas hands out large_string; the kernels here mix columns, so all must be plain string.
     return table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
 
@@ -141,6 +143,8 @@ def _clock(suffix: str) -> pa.Array:
 
 def _local_seconds(utc_seconds: np.ndarray, zone: ZoneInfo) -> np.ndarray:
     """Wall-clock seconds in ``zone`` (DST and historical offsets included, via pandas' tz database)."""
+    import pandas as pd  # loaded only for the legacy layout in a non-UTC zone
+
     moments = pd.DatetimeIndex(utc_seconds.astype("datetime64[s]")).tz_localize("UTC").tz_convert(zone.key)
     return moments.tz_localize(None).as_unit("s").asi8
 

@@ -2,12 +2,13 @@
 
 from .dataset import DEFAULT_STORE, Fleet, ServerData, build_fleet, envelope, reference_ms_for
 from .faults import TRANSIENT_KINDS, FaultProfile
-from .server import STATS_KEY, RunningServer, Stats, make_app, start_fleet, stop_fleet
+from .server import STATS_KEY, STATS_PATH, RunningServer, Stats, make_app, start_fleet, stop_fleet
 from .threaded import SimulatorThread
 
 __all__ = [
     "DEFAULT_STORE",
     "STATS_KEY",
+    "STATS_PATH",
     "TRANSIENT_KINDS",
     "FaultProfile",
     "Fleet",

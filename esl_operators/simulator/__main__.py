@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from .dataset import build_fleet, reference_ms_for
 from .faults import TRANSIENT_KINDS, FaultProfile
-from .server import start_fleet, stop_fleet
+from .server import check_overload, start_fleet, stop_fleet
 
 
 def _comma_list(text: str) -> list[str]:
@@ -37,6 +37,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--page-size", type=int, default=50)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every response")
     parser.add_argument("--capacity", type=int, default=0, help="concurrent requests per server; 0 = any")
+    parser.add_argument(
+        "--overload-status",
+        type=int,
+        default=None,
+        help="e.g. 503: answer requests beyond --capacity at once with this status and Retry-After: 0 "
+        "instead of queueing them (default: queue)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
@@ -94,6 +101,7 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     day = args.reference_date or dt.datetime.now(dt.UTC).date()
     try:
+        check_overload(args.overload_status, args.capacity)
         faults = _fault_profiles(args)
         fleet = build_fleet(
             servers=args.servers,
@@ -114,6 +122,7 @@ async def _serve(args: argparse.Namespace) -> None:
         latency_ms=args.latency_ms,
         capacity=args.capacity,
         faults=faults,
+        overload_status=args.overload_status,
     )
     try:
         for running in servers:

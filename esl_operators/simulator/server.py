@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import socket
@@ -26,6 +27,10 @@ CODE_UNAVAILABLE = 5
 CODE_RATE_LIMITED = 6
 CODE_UNAUTHORIZED = 7
 
+# Counters of every simulated server as JSON, for benchmarks run in another process. Outside
+# /api3, so it never collides with the API; never throttled, faulted or counted.
+STATS_PATH = "/_stats"
+
 # Graceful shutdown waits this long for in-flight handlers; bounded so tests stop quickly.
 SHUTDOWN_TIMEOUT_S = 2.0
 
@@ -44,7 +49,9 @@ class Stats:
     that reached their route, so a request answered by an injected transient fault or 401 is
     counted only in ``total`` and ``injected`` (removed and wrong-typed details do reach the
     route). ``injected`` has one counter per ``INJECTED_KINDS`` value: responses served with
-    that fault ("reset": connections dropped; "slow": first attempts delayed).
+    that fault ("reset": connections dropped; "slow": first attempts delayed). ``overloaded``
+    counts requests refused at once in overload mode (``overload_status``); they are in
+    ``total`` too, but never in ``in_flight``.
     """
 
     users: int = 0
@@ -56,6 +63,7 @@ class Stats:
     # Highest number of requests worked on at once: lets tests check ``capacity`` without
     # fragile wall-clock assertions.
     max_in_flight: int = 0
+    overloaded: int = 0
     injected: dict[str, int] = field(default_factory=_no_injections)
 
 
@@ -78,13 +86,20 @@ class _SimulatedServer:
     """Route handlers plus the throttling and fault-injection state of one app."""
 
     def __init__(
-        self, server: ServerData, page_size: int, latency_ms: float, capacity: int, faults: FaultProfile
+        self,
+        server: ServerData,
+        page_size: int,
+        latency_ms: float,
+        capacity: int,
+        faults: FaultProfile,
+        overload_status: int | None = None,
     ) -> None:
         self.server = server
         self.page_size = page_size
         self.latency_s = max(0.0, latency_ms) / 1000
         self.capacity = capacity
         self.faults = faults
+        self.overload_status = overload_status
         self.stats = Stats()
         # Created lazily on first use so it belongs to the loop that actually serves.
         self._slots: asyncio.Semaphore | None = None
@@ -94,7 +109,16 @@ class _SimulatedServer:
 
     @web.middleware
     async def throttle(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path == STATS_PATH:
+            return await handler(request)
         if self.capacity <= 0:
+            return await self._work(request, handler)
+        if self.overload_status is not None:
+            # Overload mode: a full server refuses at once instead of queueing, like a real box
+            # behind a proxy with a small worker pool. No await before _work's increment, so
+            # the check and the slot taken are atomic on this event loop.
+            if self.stats.in_flight >= self.capacity:
+                return self._overloaded()
             return await self._work(request, handler)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.capacity)
@@ -114,6 +138,18 @@ class _SimulatedServer:
         finally:
             stats.in_flight -= 1
 
+    def _overloaded(self) -> web.Response:
+        assert self.overload_status is not None
+        self.stats.total += 1
+        self.stats.overloaded += 1
+        if self.overload_status == 429:
+            response = self._envelope_error(429, CODE_RATE_LIMITED, "too many requests")
+        else:
+            response = self._envelope_error(self.overload_status, CODE_UNAVAILABLE, "server overloaded")
+        # "Retry now": the client's own backoff decides how patient it is.
+        response.headers["Retry-After"] = "0"
+        return response
+
     def _error(self, status: int, code: int, message: str) -> web.Response:
         self.stats.errors += 1
         return self._envelope_error(status, code, message)
@@ -128,6 +164,8 @@ class _SimulatedServer:
     async def inject_faults(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         """Answer with the profile's faults; installed only when the profile injects any."""
         faults = self.faults
+        if request.path == STATS_PATH:
+            return await handler(request)
         if faults.unauthorized:
             self._inject("unauthorized")
             return self._envelope_error(401, CODE_UNAUTHORIZED, "unauthorized")
@@ -207,6 +245,9 @@ class _SimulatedServer:
             esl = self.faults.mangle(esl)
         return _json(envelope(self.server.index, esl))
 
+    async def stats_json(self, request: web.Request) -> web.Response:
+        return _json(dataclasses.asdict(self.stats))
+
 
 async def _sleep_unless_disconnected(request: web.Request, seconds: float) -> None:
     """Sleep, but stop early once the client has gone (it timed out, as slow faults intend).
@@ -253,14 +294,19 @@ def make_app(
     latency_ms: float = 0,
     capacity: int = 0,
     faults: FaultProfile | None = None,
+    overload_status: int | None = None,
 ) -> web.Application:
     """The API of one server. ``capacity`` > 0 limits concurrently worked-on requests.
 
+    Requests beyond ``capacity`` queue, unless ``overload_status`` is set (e.g. 503): then
+    they are answered at once with that status, ``Retry-After: 0`` and an error envelope.
     ``faults`` injects deterministic faults (see faults.py); ``down`` is handled by
-    :func:`start_fleet`, since an app cannot refuse connections.
+    :func:`start_fleet`, since an app cannot refuse connections. ``GET /_stats`` returns
+    :class:`Stats` as JSON.
     """
+    check_overload(overload_status, capacity)
     profile = faults or FaultProfile()
-    sim = _SimulatedServer(server, page_size, latency_ms, capacity, profile)
+    sim = _SimulatedServer(server, page_size, latency_ms, capacity, profile, overload_status)
     middlewares = [sim.throttle]
     if not profile.injects_nothing:
         # Inside throttle: faulted requests cost latency and hold a slot like real ones.
@@ -268,10 +314,21 @@ def make_app(
     app = web.Application(middlewares=middlewares)
     app[STATS_KEY] = sim.stats
     app[SERVER_KEY] = server
+    app.router.add_get(STATS_PATH, sim.stats_json)
     app.router.add_get("/api3/users", sim.users)
     app.router.add_get("/api3/esls/{esl_id}", sim.detail)
     app.router.add_get("/api3/{store}/esls/page/{n}", sim.page)
     return app
+
+
+def check_overload(overload_status: int | None, capacity: int) -> None:
+    """Overload mode needs a capacity to exceed and an error status to answer with."""
+    if overload_status is None:
+        return
+    if not 400 <= overload_status <= 599:
+        raise ValueError(f"overload status must be an HTTP error status (400..599), got {overload_status}")
+    if capacity <= 0:
+        raise ValueError("overload status needs a capacity > 0")
 
 
 @dataclass
@@ -318,19 +375,26 @@ async def start_fleet(
     latency_ms: float = 0,
     capacity: int = 0,
     faults: FaultProfile | Mapping[int, FaultProfile] | None = None,
+    overload_status: int | None = None,
 ) -> list[RunningServer]:
     """Start server i on ``base_port + i`` (``base_port=0``: any free port, see ``.port``).
 
     ``faults``: one profile for every server, or profiles by server index (servers missing
     from the mapping inject nothing). A ``down`` server occupies its port but refuses
-    connections.
+    connections. ``overload_status``: see :func:`make_app`.
     """
+    check_overload(overload_status, capacity)  # before any socket is opened
     started: list[RunningServer] = []
     try:
         for data in fleet.servers:
             profile = faults.get(data.index) if isinstance(faults, Mapping) else faults
             app = make_app(
-                data, page_size=fleet.page_size, latency_ms=latency_ms, capacity=capacity, faults=profile
+                data,
+                page_size=fleet.page_size,
+                latency_ms=latency_ms,
+                capacity=capacity,
+                faults=profile,
+                overload_status=overload_status,
             )
             # No access log: benchmarks issue hundreds of thousands of requests.
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)

@@ -16,8 +16,9 @@ class SimulatorThread:
     """Context manager serving ``fleet`` from its own thread and event loop.
 
     The caller's thread stays free for synchronous clients or its own event loop. Ports are
-    free ones by default (``base_port=0``) so parallel test runs never collide. ``faults`` is
-    passed to :func:`start_fleet` (one profile for all servers, or profiles by index).
+    free ones by default (``base_port=0``) so parallel test runs never collide. ``faults`` and
+    ``overload_status`` are passed to :func:`start_fleet` (faults: one profile for all servers,
+    or profiles by index).
     """
 
     def __init__(
@@ -29,6 +30,7 @@ class SimulatorThread:
         latency_ms: float = 0,
         capacity: int = 0,
         faults: FaultProfile | Mapping[int, FaultProfile] | None = None,
+        overload_status: int | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -38,6 +40,7 @@ class SimulatorThread:
         self._latency_ms = latency_ms
         self._capacity = capacity
         self._faults = faults
+        self._overload_status = overload_status
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,6 +135,7 @@ class SimulatorThread:
                 latency_ms=self._latency_ms,
                 capacity=self._capacity,
                 faults=self._faults,
+                overload_status=self._overload_status,
             )
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self._error = exc
