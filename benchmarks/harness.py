@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from esl_operators.simulator.process import read_lines as _read_lines
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -125,24 +126,6 @@ class Simulator:
             for key in summed:
                 summed[key] += int(stats[key])
         return summed
-
-
-def _read_lines(proc: subprocess.Popen[bytes], count: int, timeout: float) -> list[str]:
-    """``count`` stdout lines of ``proc``, never blocking past ``timeout``."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    buffer = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while buffer.count(b"\n") < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise TimeoutError(f"simulator printed only {buffer!r} within {timeout} s")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError(f"simulator exited early (code {proc.wait()}), printed {buffer!r}")
-            buffer += chunk
-    return buffer.decode().splitlines()[:count]
 
 
 @dataclass

@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from esl_operators.simulator import (
     reference_ms_for,
 )
 from esl_operators.simulator.dataset import AWKWARD_STORE_CODES, DAY_MS
+from esl_operators.simulator.process import read_lines as _read_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DATE = dt.date(2025, 6, 15)
@@ -349,24 +349,6 @@ def test_fixed_base_port(fleet: Fleet) -> None:
         except RuntimeError:
             if attempt == 4:
                 raise
-
-
-def _read_lines(proc: subprocess.Popen[bytes], count: int, timeout: float) -> list[str]:
-    """Read ``count`` stdout lines without ever blocking past ``timeout``."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    buffer = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while buffer.count(b"\n") < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise TimeoutError(f"CLI printed only {buffer!r}")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError(f"CLI exited early, printed {buffer!r}")
-            buffer += chunk
-    return buffer.decode().splitlines()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -1,0 +1,27 @@
+"""Driving the simulator's command line from another process (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import time
+
+
+def read_lines(proc: subprocess.Popen[bytes], count: int, timeout: float) -> list[str]:
+    """The first ``count`` stdout lines of ``proc`` (its "listening on" lines), never blocking past
+    ``timeout``: a simulator that hangs or dies is reported, not waited for."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while buffer.count(b"\n") < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise TimeoutError(f"simulator printed only {buffer!r} within {timeout} s")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError(f"simulator exited early (code {proc.wait()}), printed {buffer!r}")
+            buffer += chunk
+    return buffer.decode().splitlines()[:count]
