@@ -65,7 +65,7 @@ def run_batches(
     max_threads: int,
     first_batch: int = 0,
 ) -> list[dict[str, Any]]:
-    """Fetch batches into ``_parts/batch-{i}.csv`` (one pool of ``max_threads`` for all servers)
+    """Fetch batches into ``_parts/batch-{i}.arrow`` (one pool of ``max_threads`` for all servers)
     and write each batch's manifest; return the manifests in batch order.
 
     A part appears atomically (temporary name, then rename), so a killed attempt leaves nothing a

@@ -54,8 +54,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "2024-05-12").symlink_to(outside / DS)  # a date folder leading out of the root
     (root / DS / "esl_id_part_9.csv").symlink_to(outside / "secret.txt")  # a published name leading out
     (root / DS / "esl_id_part_8.csv").symlink_to(root / DS / "esl_id_part_1.csv")  # inside: fine
-    (root / DS / "_parts" / "batch-0.csv").parent.mkdir(exist_ok=True)
-    (root / DS / "_parts" / "batch-0.csv").write_text(SECRET, encoding="utf-8")
+    (root / DS / "_parts" / "batch-0.arrow").parent.mkdir(exist_ok=True)
+    (root / DS / "_parts" / "batch-0.arrow").write_text(SECRET, encoding="utf-8")
     return root
 
 
@@ -184,8 +184,8 @@ def test_downloads_serve_the_published_bytes(client: TestClient, viewer: dict[st
         f"/{DS}/%2F..%2Foutside%2Fsecret.txt",
         f"/{DS}/%2Fetc%2Fpasswd",
         f"/{DS}//etc/passwd",
-        f"/{DS}/_parts%2fbatch-0.csv",
-        f"/{DS}/_parts/batch-0.csv",
+        f"/{DS}/_parts%2fbatch-0.arrow",
+        f"/{DS}/_parts/batch-0.arrow",
         f"/{DS}/esl_id_part_9.csv",  # symlink to a file outside the root
         "/2024-05-12/report.html",  # date folder symlinked outside the root
         f"/{DS}/esl_id_part_1.csv%00.html",

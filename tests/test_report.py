@@ -239,7 +239,7 @@ def test_failures_and_unknown_skip_lists_are_shown_with_reasons() -> None:
         "blanked_fields": {"battery": 2},
         "duplicates_dropped": 1,
         "retries": 3,
-        "removed_stale_files": ["_parts/batch-4.csv"],
+        "removed_stale_files": ["_parts/batch-4.arrow"],
         "partitions": [{**p, "dropped_duplicate_rows": 1} for p in MANIFEST["partitions"]],
     }
     html = render_report(_stats([ROWS]), manifest, anchor_ms=ANCHOR_MS)
@@ -266,7 +266,7 @@ def test_failures_and_unknown_skip_lists_are_shown_with_reasons() -> None:
     for expected in (
         "Removed stale partitions (1)",
         "Removed stale files (1)",
-        "_parts/batch-4.csv",
+        "_parts/batch-4.arrow",
         "Retries: 3",
     ):
         assert expected in housekeeping, expected
