@@ -5,7 +5,9 @@ Deliberately written without the package's record code, so a bug there cannot hi
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from esl_operators.client import TransportSettings
@@ -66,3 +68,11 @@ def fast_transport(attempts: int = 3) -> TransportSettings:
         connect_timeout_s=5.0,
         retry=RetryPolicy(attempts=attempts, base_delay_s=0.01, max_delay_s=0.05, max_retry_after_s=0.05),
     )
+
+
+def connection_env(names: Sequence[str], ports: Sequence[int]) -> dict[str, str]:
+    """``AIRFLOW_CONN_*`` variables pointing each connection id at a simulated server on loopback."""
+    return {
+        f"AIRFLOW_CONN_{name.upper()}": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port})
+        for name, port in zip(names, ports, strict=True)
+    }

@@ -13,7 +13,7 @@ import pytest
 from esl_operators.csvformat import LEGACY_COLUMNS, STANDARD_COLUMNS
 from esl_operators.simulator import Fleet, SimulatorThread
 from tests.conftest import ANCHOR, ANCHOR_MS, REPO
-from tests.expected import expected_partition
+from tests.expected import connection_env, expected_partition
 
 DAY_MS = 86_400_000
 
@@ -70,12 +70,9 @@ def test_dag_parses_without_network_or_variables() -> None:
 
 
 def _connect(monkeypatch: pytest.MonkeyPatch, sim: SimulatorThread, out: Path) -> list[str]:
-    names = []
-    for i, port in enumerate(sim.ports):
-        name = f"esl_sim_{i}"
-        conn = {"conn_type": "http", "host": "127.0.0.1", "port": port}
-        monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}", json.dumps(conn))
-        names.append(name)
+    names = [f"esl_sim_{i}" for i in range(len(sim.ports))]
+    for key, value in connection_env(names, sim.ports).items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("AIRFLOW_VAR_ESL_SERVERS", json.dumps(names))
     monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", str(out))
     return names

@@ -74,6 +74,15 @@ def csv_ids(data: bytes) -> list[str]:
     return [row[0] for row in list(csv.reader(io.StringIO(data.decode("utf-8"))))[1:]]
 
 
+def impatient_transport(attempts: int) -> TransportSettings:
+    """A 1 s timeout: the simulator's 5 s "slow" answers time out, ordinary ones never should."""
+    return TransportSettings(
+        timeout_s=1.0,
+        connect_timeout_s=2.0,
+        retry=RetryPolicy(attempts=attempts, base_delay_s=0.01, max_delay_s=0.02),
+    )
+
+
 @pytest.fixture(scope="module")
 def baseline(simulator: SimulatorThread, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     root = tmp_path_factory.mktemp("baseline")
@@ -109,11 +118,7 @@ def test_responses_slower_than_the_timeout_are_retried(
     small_fleet: Fleet, baseline: dict[str, bytes], tmp_path: Path
 ) -> None:
     faults = FaultProfile(seed=4, slow_rate=0.05, slow_ms=5_000)
-    transport = TransportSettings(
-        timeout_s=1.0,
-        connect_timeout_s=2.0,
-        retry=RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.02),
-    )
+    transport = impatient_transport(attempts=3)
     with SimulatorThread(small_fleet, faults=faults) as sim:
         manifest = export(sim.urls, tmp_path, transport=transport)
         count = injected(sim, "slow")
@@ -129,11 +134,7 @@ def test_three_percent_of_every_fault_on_every_server_changes_nothing(
     small_fleet: Fleet, baseline: dict[str, bytes], tmp_path: Path
 ) -> None:
     faults = FaultProfile(seed=9, transient_rate=0.03, retry_after_s=0, slow_rate=0.01, slow_ms=5_000)
-    transport = TransportSettings(
-        timeout_s=1.0,
-        connect_timeout_s=2.0,
-        retry=RetryPolicy(attempts=5, base_delay_s=0.01, max_delay_s=0.02),
-    )
+    transport = impatient_transport(attempts=5)
     with SimulatorThread(small_fleet, faults=faults) as sim:
         manifest = export(sim.urls, tmp_path, transport=transport)
         stats = sim.stats

@@ -33,6 +33,7 @@ from esl_operators.simulator import (
 )
 from esl_operators.simulator.dataset import AWKWARD_STORE_CODES, DAY_MS
 from esl_operators.simulator.process import read_lines as _read_lines
+from esl_operators.simulator.process import spawn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DATE = dt.date(2025, 6, 15)
@@ -355,13 +356,7 @@ def test_fixed_base_port(fleet: Fleet) -> None:
 def test_cli_serves_and_stops_on_signal(sig: signal.Signals) -> None:
     args = ["--servers", "2", "--base-port", "0", "--stores", "5", "--esls", "40", "--seed", "3"]
     args += ["--reference-date", REFERENCE_DATE.isoformat(), "--latency-ms", "1", "--capacity", "4"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "esl_operators.simulator", *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = spawn(args)
     try:
         lines = _read_lines(proc, 2, timeout=15)
         assert [line.rsplit(":", 1)[0] for line in lines] == [

@@ -28,6 +28,7 @@ from esl_operators.simulator import (
 )
 from esl_operators.simulator.__main__ import main as cli_main
 from esl_operators.simulator.faults import INJECTED_KINDS, retry_after_text
+from esl_operators.simulator.process import spawn
 from tests.test_simulator import REFERENCE_DATE, REFERENCE_MS, REPO_ROOT, TIMEOUT_S, _read_lines, ok_data
 
 PAGE_SIZE = 50
@@ -440,13 +441,7 @@ def test_cli_fault_flags() -> None:
     args = ["--servers", "3", "--base-port", "0", "--stores", "2", "--esls", "10", "--seed", "3"]
     args += ["--reference-date", REFERENCE_DATE.isoformat(), "--fault-rate", "1", "--fault-kinds", "503"]
     args += ["--retry-after", "1", "--down-servers", "2", "--unauthorized-servers", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "esl_operators.simulator", *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = spawn(args)
     try:
         lines = _read_lines(proc, 3, timeout=15)
         assert [line.rsplit(":", 1)[0] for line in lines] == [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import os
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from esl_operators.simulator import (
     make_app,
     reference_ms_for,
 )
+from esl_operators.simulator.process import spawn
 from tests.test_simulator import _read_lines, get_json
 
 pytestmark = pytest.mark.timeout(60)
@@ -138,13 +138,7 @@ def test_overload_needs_capacity_and_an_error_status(fleet: Fleet) -> None:
 def test_cli_overload_flag() -> None:
     args = ["--servers", "1", "--base-port", "0", "--stores", "2", "--esls", "10", "--capacity", "1"]
     args += ["--overload-status", "503", "--latency-ms", str(HOLD_MS)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "esl_operators.simulator", *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = spawn(args)
     try:
         url = _read_lines(proc, 1, timeout=15)[0].split(" listening on ")[1]
 

@@ -5,7 +5,23 @@ from __future__ import annotations
 import os
 import selectors
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:
+    """``python -m esl_operators.simulator ARGS`` with stdout piped (for :func:`read_lines`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "esl_operators.simulator", *args],
+        cwd=_PACKAGE_ROOT,
+        env={**os.environ, "PYTHONPATH": str(_PACKAGE_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def read_lines(proc: subprocess.Popen[bytes], count: int, timeout: float) -> list[str]:

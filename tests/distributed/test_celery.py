@@ -25,7 +25,7 @@ import pytest
 from esl_operators.config import FETCH_POOL
 from esl_operators.simulator import Fleet, SimulatorThread, build_fleet, reference_ms_for
 from tests.distributed.services import Postgres, Redis, missing_reason
-from tests.expected import expected_partition
+from tests.expected import connection_env, expected_partition
 from tests.ui.harness import REPO, AirflowHome
 from tests.ui.stack import Rest, Stack, start_stack, wait_until
 
@@ -72,9 +72,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "AIRFLOW_VAR_ESL_SERVERS": json.dumps(SERVERS),
                 "PYTHONPATH": str(REPO),  # the hostname callable lives in tests/
             }
-            for name, port in zip(SERVERS, sim.ports, strict=True):
-                conn = {"conn_type": "http", "host": "127.0.0.1", "port": port}
-                env[f"AIRFLOW_CONN_{name.upper()}"] = json.dumps(conn)
+            env.update(connection_env(SERVERS, sim.ports))
             home = AirflowHome.create(base / "home", extra_env=env)
             home.migrate()
             home.airflow("pools", "set", FETCH_POOL, "8", "ESL-Working fetch tasks")

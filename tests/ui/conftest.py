@@ -15,6 +15,7 @@ import pytest
 
 from esl_operators.config import FETCH_POOL
 from esl_operators.simulator import Fleet, SimulatorThread, build_fleet, reference_ms_for
+from tests.expected import connection_env
 from tests.ui.harness import AirflowHome, chromium_missing_reason
 from tests.ui.stack import Rest, Stack, start_stack
 
@@ -66,9 +67,7 @@ def esl_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EslAirflow
             "AIRFLOW_VAR_ESL_SERVERS": json.dumps(SERVERS),
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         }
-        for name, port in zip(SERVERS, sim.ports, strict=True):
-            conn = {"conn_type": "http", "host": "127.0.0.1", "port": port}
-            env[f"AIRFLOW_CONN_{name.upper()}"] = json.dumps(conn)
+        env.update(connection_env(SERVERS, sim.ports))
         home = AirflowHome.create(base / "home", extra_env=env)
         home.migrate()
         home.airflow("pools", "set", FETCH_POOL, "4", "ESL-Working fetch tasks")
