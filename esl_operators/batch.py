@@ -14,7 +14,8 @@ from typing import Any
 
 from esl_operators.client import ServerTarget
 from esl_operators.engine import FetchSettings, ServerResult, fetch_servers
-from esl_operators.storage import PartWriter, PathLike, part_path, write_json_atomic
+from esl_operators.parts import PartWriter
+from esl_operators.storage import PathLike, part_path, write_json_atomic
 
 
 def _iso(moment: datetime) -> str:

@@ -19,16 +19,11 @@ from esl_operators.csvformat import (
     render_lines,
     sort_order,
 )
+from esl_operators.partitions import write_lines_atomic
 from esl_operators.records import DAY_MS, PART_COLUMNS, to_part_row
 from esl_operators.report import FleetStats, publish_report
 from esl_operators.simulator import Fleet
-from esl_operators.storage import (
-    MANIFEST_NAME,
-    partition_name,
-    run_dir,
-    write_json_atomic,
-    write_lines_atomic,
-)
+from esl_operators.storage import MANIFEST_NAME, partition_name, run_dir, write_json_atomic
 
 
 def _iso(ms: int) -> str:

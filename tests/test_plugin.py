@@ -12,8 +12,8 @@ import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
-from esl_operators.report.browse import create_app, published_file
 from esl_operators.simulator import build_fleet
+from esl_operators.web import create_app, published_file
 from tests.conftest import ANCHOR_MS, REPO
 from tests.report_data import publish_run
 
@@ -234,7 +234,7 @@ def test_a_symlink_inside_the_root_is_served(tree: Path) -> None:
 def test_output_root_comes_from_the_variable(
     monkeypatch: pytest.MonkeyPatch, tree: Path, viewer: dict[str, str]
 ) -> None:
-    from esl_operators.report.browse import configured_output_root
+    from esl_operators.web import configured_output_root
 
     monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", tree.as_uri())
     assert configured_output_root() == tree.resolve()
