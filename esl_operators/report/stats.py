@@ -219,13 +219,13 @@ def _floats(column: pa.ChunkedArray, name: str, *, coerce: bool) -> np.ndarray:
     nothing = pa.scalar(None, column.type)
     blanked = pc.if_else(pc.equal(column, ""), nothing, column)
     try:
-        return pc.cast(blanked, pa.float64()).to_numpy()
+        return np.asarray(pc.cast(blanked, pa.float64()).to_numpy(), dtype=np.float64)
     except pa.ArrowInvalid as exc:
         if not coerce:
             raise ValueError(f"part rows hold a {name} that is not a number: {exc}") from None
     trimmed = pc.utf8_trim_whitespace(blanked)
     readable = pc.if_else(pc.match_substring_regex(trimmed, _NUMBER), trimmed, nothing)
-    return pc.cast(readable, pa.float64()).to_numpy()
+    return np.asarray(pc.cast(readable, pa.float64()).to_numpy(), dtype=np.float64)
 
 
 def _store_groups(table: pa.Table) -> tuple[list[StoreKey], np.ndarray]:

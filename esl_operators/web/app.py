@@ -38,7 +38,8 @@ def listing_page(root: Path) -> str:
 
 
 def _root(request: Request) -> Path:
-    return request.app.state.output_root()
+    root: Path = request.app.state.output_root()
+    return root
 
 
 Root = Annotated[Path, Depends(_root)]
