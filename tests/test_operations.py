@@ -18,9 +18,9 @@ from esl_operators.config import (
     OUTPUT_ASSET_URI,
     check_map_length,
     max_map_length,
-    plan_run,
 )
 from esl_operators.exceptions import ConfigError
+from esl_operators.plan import plan_run
 from esl_operators.simulator import SimulatorThread
 from tests.conftest import ANCHOR, REPO
 from tests.test_dag import _connect, _load_dag, _without_retries
