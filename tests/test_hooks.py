@@ -13,10 +13,11 @@ import pytest
 from aiohttp import web
 
 from esl_operators.client import EslClient
-from esl_operators.config import parse_server_list, split_batches
+from esl_operators.config import split_batches
 from esl_operators.exceptions import ConfigError
 from esl_operators.hooks import resolve_targets
 from esl_operators.limiter import AdaptiveLimiter
+from esl_operators.settings import parse_server_list
 from esl_operators.simulator import envelope
 from tests.support import BASIC_AUTH_WARNINGS, fast_transport, serve
 

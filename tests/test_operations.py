@@ -18,9 +18,9 @@ from esl_operators.config import (
     OUTPUT_ASSET_URI,
     check_map_length,
     max_map_length,
-    plan_run,
 )
 from esl_operators.exceptions import ConfigError
+from esl_operators.plan import plan_run
 from esl_operators.simulator import SimulatorThread
 from tests.support import ANCHOR, REPO, connect, load_dag, without_retries
 
