@@ -23,8 +23,7 @@ from esl_operators.settings import (
     setting,
 )
 from esl_operators.simulator import FaultProfile, SimulatorThread, build_fleet
-from tests.conftest import ANCHOR, ANCHOR_MS
-from tests.test_dag import _load_dag
+from tests.support import ANCHOR, ANCHOR_MS, load_dag
 
 NUMERIC = [s for s in SETTINGS if s.kind in ("integer", "number")]
 OPERATORS = {"fetch": EslFetchOperator, "aggregate": EslAggregateOperator}
@@ -39,7 +38,7 @@ def test_every_setting_is_described_and_its_default_obeys_its_own_rules() -> Non
 
 
 def test_the_dag_params_are_the_table() -> None:
-    dag = _load_dag()
+    dag = load_dag()
     assert list(dag.params) == [s.name for s in SETTINGS if s.dag]
     for s in SETTINGS:
         if not s.dag:
@@ -54,7 +53,7 @@ def test_the_dag_params_are_the_table() -> None:
 
 
 def test_the_dag_wires_every_task_setting_to_its_param() -> None:
-    dag = _load_dag()
+    dag = load_dag()
     fetch = dag.get_task("fetch").partial_kwargs
     aggregate = dag.get_task("aggregate")
     for s in for_task("fetch"):
