@@ -15,6 +15,7 @@ from airflow.providers.http.hooks.http import HttpAsyncHook
 
 from esl_operators.client import ServerTarget
 from esl_operators.exceptions import ConfigError
+from esl_operators.settings import parse_bool
 
 # Extras of ours that the hook would otherwise pass through as request headers.
 OWN_EXTRAS = ("connect_timeout",)
@@ -32,6 +33,16 @@ def _seconds(conn_id: str, key: str, value: Any) -> float | None:
     return seconds
 
 
+def _verify(conn_id: str, value: Any) -> tuple[bool, str | None]:
+    """Extra "verify" (requests' convention, also "verify_ssl"): a boolean, or the path of a CA bundle."""
+    try:
+        return parse_bool(value, f"connection {conn_id!r}: extra 'verify'"), None
+    except ConfigError:
+        if isinstance(value, str) and value.strip():
+            return True, value
+        raise
+
+
 async def _resolve(conn_id: str) -> ServerTarget:
     config = await HttpAsyncHook(method="GET", http_conn_id=conn_id).config()
     options = config.extra_options or {}
@@ -39,17 +50,15 @@ async def _resolve(conn_id: str) -> ServerTarget:
     own = {key: raw_headers.pop(key, None) for key in OWN_EXTRAS}
     # The hook passes unknown extras through as headers; headers must be strings on the wire.
     headers = {str(k): str(v) for k, v in raw_headers.items()}
-    # "verify" (requests' convention, also "verify_ssl"): a boolean, or the path of a CA bundle.
-    verify = options.get("verify_ssl", True)
-    is_path = isinstance(verify, str) and verify.lower() not in ("true", "false", "1", "0", "yes", "no")
+    verify_ssl, ca_bundle = _verify(conn_id, options.get("verify_ssl", True))
     try:
         return ServerTarget(
             name=conn_id,
             base_url=config.base_url,
             headers=headers,
             auth=config.auth,
-            verify_ssl=is_path or str(verify).lower() not in ("false", "0", "no"),
-            ca_bundle=verify if is_path else None,
+            verify_ssl=verify_ssl,
+            ca_bundle=ca_bundle,
             timeout_s=_seconds(conn_id, "timeout", options.get("timeout")),
             connect_timeout_s=_seconds(conn_id, "connect_timeout", own["connect_timeout"]),
         )

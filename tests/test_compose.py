@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from esl_operators.config import FETCH_POOL, OUTPUT_ROOT_VARIABLE, SERVERS_VARIABLE
-from tests.conftest import REPO
+from tests.support import REPO
 
 COMPOSE = REPO / "docker-compose.yaml"
 AIRFLOW_SERVICES = {

@@ -18,12 +18,11 @@ from esl_operators.config import (
     OUTPUT_ASSET_URI,
     check_map_length,
     max_map_length,
-    plan_run,
 )
 from esl_operators.exceptions import ConfigError
+from esl_operators.plan import plan_run
 from esl_operators.simulator import SimulatorThread
-from tests.conftest import ANCHOR, REPO
-from tests.test_dag import _connect, _load_dag, _without_retries
+from tests.support import ANCHOR, REPO, connect, load_dag, without_retries
 
 CONTEXT = {"ds": "2024-05-10", "data_interval_end": ANCHOR}
 
@@ -37,7 +36,7 @@ def _bag():  # type: ignore[no-untyped-def]
 
 
 def test_every_param_is_self_explanatory_in_the_trigger_form() -> None:
-    dag = _load_dag()
+    dag = load_dag()
     for name, param in dag.params.items():
         schema = param.schema
         assert schema.get("title"), name
@@ -66,17 +65,17 @@ def test_every_param_is_self_explanatory_in_the_trigger_form() -> None:
 def test_airflow_refuses_invalid_params_before_a_run(name: str, value: Any) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
-    params = _load_dag().params
+    params = load_dag().params
     with pytest.raises(ParamValidationError, match=name):
         params[name] = value  # what Airflow does with each key of a run's conf
 
 
 def test_defaults_validate() -> None:
-    assert _load_dag().params.validate()["max_concurrency"] == 4
+    assert load_dag().params.validate()["max_concurrency"] == 4
 
 
 def test_fetch_tasks_run_in_the_pool_with_a_per_run_cap_and_aggregate_updates_the_asset() -> None:
-    dag = _load_dag()
+    dag = load_dag()
     fetch, aggregate = dag.get_task("fetch"), dag.get_task("aggregate")
     assert (fetch.pool, fetch.max_active_tis_per_dagrun) == (FETCH_POOL, MAX_ACTIVE_FETCHES_PER_RUN)
     assert FETCH_POOL == "esl_working"
@@ -124,10 +123,10 @@ def test_dag_run_over_the_map_limit_fails_in_plan_without_fetching(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _connect(monkeypatch, simulator, tmp_path)
+    connect(monkeypatch, simulator, tmp_path)
     monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
     requests_before = sum(s.total for s in simulator.stats)
-    run = _without_retries(_load_dag()).test(logical_date=ANCHOR, run_conf={"servers_per_batch": 1})
+    run = without_retries(load_dag()).test(logical_date=ANCHOR, run_conf={"servers_per_batch": 1})
     assert run.state == "failed"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["plan_batches"] == "failed"
@@ -148,8 +147,8 @@ def test_published_run_emits_an_asset_event_naming_the_date_and_folder(
 
     from esl_operators.consumer import summarize_events
 
-    _connect(monkeypatch, simulator, tmp_path)
-    run = _without_retries(_load_dag()).test(logical_date=ANCHOR, run_conf={"servers_per_batch": 2})
+    connect(monkeypatch, simulator, tmp_path)
+    run = without_retries(load_dag()).test(logical_date=ANCHOR, run_conf={"servers_per_batch": 2})
     assert run.state == "success"
     with create_session() as session:
         events = session.scalars(

@@ -14,7 +14,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 _RENDER = """
 import importlib.resources, json, sys

@@ -16,15 +16,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from esl_operators.aggregate import _run_manifest
+from esl_operators.manifest import RunManifest
 from esl_operators.parts import PART_SCHEMA
-from esl_operators.records import DAY_MS, PART_COLUMNS
+from esl_operators.records import PART_COLUMNS
 from esl_operators.report import FleetStats, anchor_ms_of, publish_report, render_report
 from esl_operators.report.attention import ATTENTION, HOUSEKEEPING, SHOWN_ELSEWHERE
 from esl_operators.simulator import build_fleet
 from esl_operators.templating import TEMPLATES
-from tests.conftest import ANCHOR_MS
 from tests.report_data import HOSTILE, assert_inert, fleet_parts
+from tests.support import ANCHOR_MS, DAY_MS
 
 HOUR_MS = DAY_MS // 24
 EVIL = "<script>alert('x')</script>"
@@ -285,7 +285,7 @@ def test_failures_and_unknown_skip_lists_are_shown_with_reasons() -> None:
 
 def test_every_run_manifest_field_has_its_place_in_the_report() -> None:
     """Attention is decided by field name: a new manifest field must be placed on purpose."""
-    fields = set(_run_manifest([], [], {}, "2024-05-10", "standard", None, []))
+    fields = set(RunManifest.__annotations__)
     assert fields - ATTENTION - HOUSEKEEPING - SHOWN_ELSEWHERE == set()
     assert not ATTENTION & HOUSEKEEPING and not (ATTENTION | HOUSEKEEPING) & SHOWN_ELSEWHERE
     values: dict[str, Any] = {

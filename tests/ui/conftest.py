@@ -8,16 +8,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from esl_operators.config import FETCH_POOL
-from esl_operators.simulator import Fleet, SimulatorThread, build_fleet, reference_ms_for
-from tests.expected import connection_env
+from esl_operators.simulator import SimulatorThread, build_fleet, reference_ms_for
+from tests.support import connection_env
 from tests.ui.harness import AirflowHome, chromium_missing_reason
-from tests.ui.stack import Rest, Stack, start_stack
+from tests.ui.stack import EslAirflow, start_stack
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,18 +34,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- one running Airflow (api-server, scheduler, dag-processor) for the trigger and backfill tests ---
 
 SERVERS = ["esl_sim_0", "esl_sim_1", "esl_sim_2"]
-
-
-@dataclass
-class EslAirflow:
-    """A running Airflow on SQLite (LocalExecutor) serving ``esl_export`` against a simulated fleet."""
-
-    stack: Stack
-    rest: Rest
-    fleet: Fleet
-    reference_day: dt.date
-    output_root: Path
-    servers: list[str]
 
 
 @pytest.fixture(scope="session")
