@@ -19,6 +19,7 @@ from esl_operators.storage import as_local_root
 SERVERS_VARIABLE = "esl_servers"
 OUTPUT_ROOT_VARIABLE = "esl_output_root"
 DEFAULT_OUTPUT_ROOT = "./data/esl_export"
+DAG_ID = "esl_export"
 
 #: Airflow pool every fetch task runs in; create it with ``airflow pools set esl_working 16 "..."``.
 #: Its slots bound the fetch tasks running at once across all runs and workers.
