@@ -122,6 +122,42 @@ def sort_order(rows: pa.Table) -> pa.Array:
     return pc.sort_indices(keyed, sort_keys=keys)
 
 
+# The order-preserving byte encoding of sort_keys: a text key ends in \x00\x00, a NUL inside it
+# becomes \x00\x01 (so a shorter text sorts first), and a null is \xff, a byte UTF-8 never uses.
+_TEXT_END = b"\x00\x00"
+_NUL, _NUL_ESCAPED = b"\x00", b"\x00\x01"
+_NULL_TEXT = b"\xff"
+_SIGN = np.uint64(1 << 63)
+_NAN_BITS = np.float64("nan").view(np.uint64)
+_NULL_NUMBER = np.uint64((1 << 64) - 1)  # after NaN, as Arrow puts nulls after NaN
+
+
+def sort_keys(rows: pa.Table) -> pa.Array:
+    """One binary key per row whose bytewise order is exactly :func:`sort_order`'s order.
+
+    The external sort (:mod:`esl_operators.spill`) merges sorted runs by comparing these keys, one
+    comparison per row instead of four columns. ``frequency`` becomes 8 big-endian bytes that sort
+    like the float (-0.0 equal to 0.0, NaN after every number, null after NaN); each text key is
+    escaped and terminated so that bytewise order is Arrow's code-point order, shorter first.
+    """
+    numbers = pc.cast(rows["frequency"], pa.float64())  # the cast sort_order does, with its errors
+    values = np.asarray(numbers.to_numpy(zero_copy_only=False), dtype=np.float64) + 0.0  # -0.0 -> 0.0
+    bits = np.where(np.isnan(values), _NAN_BITS, values.view(np.uint64))
+    bits = np.where(bits & _SIGN, ~bits, bits | _SIGN)  # IEEE order as unsigned integer order
+    if numbers.null_count:
+        bits[pc.is_null(numbers).to_numpy(zero_copy_only=False)] = _NULL_NUMBER
+    data = pa.py_buffer(bits.astype(">u8").tobytes())
+    offsets = pa.py_buffer(np.arange(0, 8 * len(bits) + 1, 8, dtype=np.int32).tobytes())
+    parts: list[pa.Array | pa.ChunkedArray | bytes] = [
+        pa.Array.from_buffers(pa.binary(), len(bits), [None, offsets, data])
+    ]
+    for name in SORT_KEYS[1:]:
+        text = pc.replace_substring(pc.cast(rows[name], pa.binary()), _NUL, _NUL_ESCAPED)
+        parts += [pc.fill_null(text, pa.scalar(_NULL_TEXT, pa.binary())), _TEXT_END]
+    joined = pc.binary_join_element_wise(*parts, b"")
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+
+
 def sort_part(rows: pa.Table | pd.DataFrame) -> pa.Table:
     table = as_table(rows)
     return table.take(sort_order(table))
