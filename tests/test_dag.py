@@ -41,6 +41,7 @@ def test_dag_parses_without_network_or_variables() -> None:
         "output_root": None,
         "header_style": "standard",
         "timezone": "UTC",
+        "aggregate_memory_mb": 256,
     }
     for name, param in dag.params.items():
         assert param.schema.get("type"), name

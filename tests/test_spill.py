@@ -34,7 +34,9 @@ from esl_operators.exceptions import ConfigError
 from esl_operators.manifest import BatchManifest, batch_manifest
 from esl_operators.parts import PART_SCHEMA, PartWriter
 from esl_operators.records import PART_COLUMNS
+from esl_operators.simulator import Fleet, SimulatorThread
 from esl_operators.storage import part_path
+from tests.expected import expected_partition
 from tests.support import ANCHOR, ANCHOR_MS, CUTOFF_MS, DAY_MS, DS, csv_rows
 
 SERVERS = ("http://127.0.0.1:18001", "http://127.0.0.1:18002", "esl_b")
@@ -431,3 +433,27 @@ def test_object_storage_roots_spill_to_a_local_temporary_folder(
     assert list(temporary.iterdir()) == []
     assert sorted(p.name for p in (remote / DS / "_parts").iterdir()) == ["batch-0.arrow"]
     shutil.rmtree(temporary)
+
+
+def test_the_command_sorts_in_runs_with_its_budget_option(
+    simulator: SimulatorThread,
+    small_fleet: Fleet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``esl-export fetch --aggregate-memory-mb`` reaches the aggregate step; runs give the oracle's rows."""
+    from esl_operators import cli
+
+    force_runs(monkeypatch, run_bytes=8_000)
+    caplog.set_level(logging.INFO, logger="esl_operators.aggregate")
+    servers = [arg for url in simulator.urls for arg in ("--server", url)]
+    argv = ["fetch", *servers, "--date", DS, "--out", str(tmp_path), "--servers-per-batch", "3"]
+    assert cli.main([*argv, "--aggregate-memory-mb", "16"]) == 0
+
+    assert runs_logged(caplog) and runs_logged(caplog)[0] >= 4
+    published = csv_rows(tmp_path / DS / "esl_id_part_1.csv")
+    every = dict(enumerate(simulator.urls))
+    assert published[1:] == expected_partition(small_fleet, every, CUTOFF_MS)
+    run = json.loads((tmp_path / DS / "_manifest.json").read_text(encoding="utf-8"))
+    assert run["params"]["aggregate_memory_mb"] == 16
