@@ -111,56 +111,34 @@ def as_table(rows: pa.Table | pd.DataFrame) -> pa.Table:
     return table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
 
 
+# sort_indices' keys over order_keys' columns; nulls (and NaN) last, Arrow's default.
+ORDER = [("_freq", "ascending")] + [(name, "ascending") for name in SORT_KEYS[1:]]
+
+
+def order_keys(rows: pa.Table) -> pa.Table:
+    """The columns a partition is sorted by (:data:`ORDER`): ``frequency`` as a number, the texts.
+
+    The external sort keeps them beside each rendered line, to merge its runs in the same order.
+    """
+    number = pc.cast(rows["frequency"], pa.float64())
+    return pa.table([number, *(rows[name] for name in SORT_KEYS[1:])], names=[c for c, _ in ORDER])
+
+
 def sort_order(rows: pa.Table) -> pa.Array:
     """Row order of a partition: ``frequency`` ascending (numerically), ties by ``esl_id``.
 
     ``server`` and ``store`` only make the order total (duplicates across servers). Arrow compares
     strings bytewise in UTF-8, which is code-point order: the same as Python's.
     """
-    keyed = rows.append_column("_freq", pc.cast(rows["frequency"], pa.float64()))
-    keys = [("_freq", "ascending")] + [(name, "ascending") for name in SORT_KEYS[1:]]
-    return pc.sort_indices(keyed, sort_keys=keys)
-
-
-# The order-preserving byte encoding of sort_keys: a text key ends in \x00\x00, a NUL inside it
-# becomes \x00\x01 (so a shorter text sorts first), and a null is \xff, a byte UTF-8 never uses.
-_TEXT_END = b"\x00\x00"
-_NUL, _NUL_ESCAPED = b"\x00", b"\x00\x01"
-_NULL_TEXT = b"\xff"
-_SIGN = np.uint64(1 << 63)
-_NAN_BITS = np.float64("nan").view(np.uint64)
-_NULL_NUMBER = np.uint64((1 << 64) - 1)  # after NaN, as Arrow puts nulls after NaN
-
-
-def sort_keys(rows: pa.Table) -> pa.Array:
-    """One binary key per row whose bytewise order is exactly :func:`sort_order`'s order.
-
-    The external sort (:mod:`esl_operators.spill`) merges sorted runs by comparing these keys, one
-    comparison per row instead of four columns. ``frequency`` becomes 8 big-endian bytes that sort
-    like the float (-0.0 equal to 0.0, NaN after every number, null after NaN); each text key is
-    escaped and terminated so that bytewise order is Arrow's code-point order, shorter first.
-    """
-    numbers = pc.cast(rows["frequency"], pa.float64())  # the cast sort_order does, with its errors
-    values = np.asarray(numbers.to_numpy(zero_copy_only=False), dtype=np.float64) + 0.0  # -0.0 -> 0.0
-    bits = np.where(np.isnan(values), _NAN_BITS, values.view(np.uint64))
-    bits = np.where(bits & _SIGN, ~bits, bits | _SIGN)  # IEEE order as unsigned integer order
-    if numbers.null_count:
-        bits[pc.is_null(numbers).to_numpy(zero_copy_only=False)] = _NULL_NUMBER
-    data = pa.py_buffer(bits.astype(">u8").tobytes())
-    offsets = pa.py_buffer(np.arange(0, 8 * len(bits) + 1, 8, dtype=np.int32).tobytes())
-    parts: list[pa.Array | pa.ChunkedArray | bytes] = [
-        pa.Array.from_buffers(pa.binary(), len(bits), [None, offsets, data])
-    ]
-    for name in SORT_KEYS[1:]:
-        text = pc.replace_substring(pc.cast(rows[name], pa.binary()), _NUL, _NUL_ESCAPED)
-        parts += [pc.fill_null(text, pa.scalar(_NULL_TEXT, pa.binary())), _TEXT_END]
-    joined = pc.binary_join_element_wise(*parts, b"")
-    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+    return pc.sort_indices(order_keys(rows), sort_keys=ORDER)
 
 
 def sort_part(rows: pa.Table | pd.DataFrame) -> pa.Table:
     table = as_table(rows)
     return table.take(sort_order(table))
+
+
+_DAYS_AT_ONCE = 40_000  # a century: a span of days this long is counted in an array, not sorted
 
 
 @functools.cache
@@ -190,7 +168,16 @@ def format_times(epoch_ms: pa.ChunkedArray, layout: tuple[str, str], zone: ZoneI
     if zone.key != "UTC":
         seconds = _local_seconds(seconds, zone)
     days, clock = np.divmod(seconds, 86_400)
-    unique_days, which = np.unique(days, return_inverse=True)
+    first = int(days.min()) if len(days) else 0
+    span = int(days.max()) - first + 1 if len(days) else 0
+    if span <= max(_DAYS_AT_ONCE, len(days)):  # the usual case: days found by counting, not sorting
+        offset = days - first
+        present = np.flatnonzero(np.bincount(offset, minlength=span))
+        position = np.zeros(span, dtype=np.int64)
+        position[present] = np.arange(len(present))
+        unique_days, which = present + first, position[offset]
+    else:
+        unique_days, which = np.unique(days, return_inverse=True)
     dates = pa.array(np.datetime_as_string(unique_days.astype("datetime64[D]"))).take(pa.array(which))
     text = pc.binary_join_element_wise(dates, _clock(suffix).take(pa.array(clock)), sep)
     return pc.if_else(empty, "", text)

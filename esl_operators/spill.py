@@ -26,10 +26,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import math
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc
 
 from esl_operators.cleaning import drop_duplicates, drop_failed
-from esl_operators.csvformat import sort_keys, string_bytes
+from esl_operators.csvformat import ORDER, WORKERS, order_keys, string_bytes
 from esl_operators.manifest import ErrorEntry
 from esl_operators.parts import PART_SCHEMA
 from esl_operators.storage import PathLike
@@ -55,7 +57,12 @@ MB = 1 << 20
 # Measured (BENCHMARKS.md); tests raise it to force many runs on a small partition.
 RUN_SHARE = 8
 SPILL_PREFIX = ".spill-"
-RUN_SCHEMA = pa.schema([("key", pa.binary()), ("line", pa.string())])
+# A run: the sort columns (csvformat.order_keys) and the rendered line of each row, in ORDER.
+RUN_SCHEMA = pa.schema(
+    [("_freq", pa.float64()), ("esl_id", pa.string()), ("server", pa.string()), ("store", pa.string()),
+     ("line", pa.string())]
+)  # fmt: skip
+_NO_LINES = pa.array([], pa.string())
 _HASH_ROWS = 4096  # keys hashed at once: bounds the per-byte temporaries
 _MERGE_BATCH_ROWS = (256, 16_384)  # rows per run batch read by the merge, at least / at most
 
@@ -161,7 +168,11 @@ def bucket_of(part: pa.Table, buckets: int) -> np.ndarray:
 
 
 class Buckets:
-    """K bucket files being written: each chunk's rows go to their buckets, in their part order."""
+    """K bucket files being written: each chunk's rows go to their buckets, in their part order.
+
+    Grouping a chunk by bucket and writing it happen on a worker thread (Arrow lets go of the GIL)
+    while the next chunk is read and hashed; at most one chunk waits to be written.
+    """
 
     def __init__(self, folder: Path, count: int) -> None:
         self.paths = [folder / f"bucket-{k}.arrow" for k in range(count)]
@@ -170,11 +181,17 @@ class Buckets:
         for path in self.paths:
             handle = self._stack.enter_context(pa.OSFile(str(path), "wb"))
             self._writers.append(self._stack.enter_context(pa.ipc.new_stream(handle, PART_SCHEMA)))
+        self._worker = self._stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        self._pending: Future[None] | None = None
 
     def write(self, chunk: pa.Table) -> None:
         if chunk.num_rows == 0:
             return
         which = bucket_of(chunk, len(self.paths))
+        self._wait()
+        self._pending = self._worker.submit(self._write, chunk, which)
+
+    def _write(self, chunk: pa.Table, which: np.ndarray) -> None:
         # stable: a bucket keeps its rows in part order; one contiguous table takes fastest
         grouped = chunk.combine_chunks().take(pa.array(np.argsort(which, kind="stable")))
         sizes = np.bincount(which, minlength=len(self.paths)).tolist()
@@ -184,8 +201,17 @@ class Buckets:
                 writer.write_table(grouped.slice(start, count))
             start += count
 
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # a write error surfaces here
+
     def close(self) -> None:
-        self._stack.close()
+        """Finish the last write and close the files (also after an error, which then goes on)."""
+        try:
+            self._wait()
+        finally:
+            self._stack.close()
 
 
 # --- 2. runs ----------------------------------------------------------------------------------------
@@ -215,27 +241,41 @@ def read_bucket(path: Path, limit_bytes: int) -> tuple[pa.Table, int]:
     return unique, dropped + table.num_rows - unique.num_rows
 
 
-def write_run(path: Path, keys: pa.Array, lines: pa.Array, batch_rows: int) -> None:
-    """Rows already in key order, as a run file of (key, line) record batches of ``batch_rows``."""
-    table = pa.Table.from_arrays([keys, lines], schema=RUN_SCHEMA)
+def write_run(path: Path, rows: pa.Table, order: pa.Array, batch_rows: int, pool: Executor) -> None:
+    """``rows`` (:data:`RUN_SCHEMA`) in ``order``, as a run file of record batches of ``batch_rows``;
+    slices of the order are taken on several cores and written in turn."""
+    step = max(batch_rows, -(-len(order) // WORKERS))
+    slices = (order.slice(start, step) for start in range(0, len(order), step))
     with pa.OSFile(str(path), "wb") as handle, pa.ipc.new_stream(handle, RUN_SCHEMA) as writer:
-        writer.write_table(table, max_chunksize=batch_rows)
+        for piece in pool.map(rows.take, slices):
+            writer.write_table(piece, max_chunksize=batch_rows)
 
 
 # --- 3. merge ---------------------------------------------------------------------------------------
 
+Key = tuple[tuple[int, float], tuple[int, str], tuple[int, str], tuple[int, str]]
 
-class _Keys(Sequence[bytes]):
-    """A binary array as a sequence of Python bytes, for :func:`bisect.bisect_right`."""
 
-    def __init__(self, keys: pa.Array) -> None:
-        self._keys = keys
+def row_key(number: float | None, *texts: str | None) -> Key:
+    """A run row's :data:`~esl_operators.csvformat.ORDER` as a Python value: tuples compare the way
+    Arrow sorts (-0.0 equal to 0.0, NaN after every number, nulls last; texts by code point)."""
+    rank = (2, 0.0) if number is None else (1, 0.0) if math.isnan(number) else (0, number + 0.0)
+    esl_id, server, store = ((1, "") if t is None else (0, t) for t in texts)
+    return (rank, esl_id, server, store)
+
+
+class _Keys(Sequence[Key]):
+    """A run batch's sort columns as a sequence of :func:`row_key`, for :func:`bisect.bisect_right`."""
+
+    def __init__(self, batch: pa.RecordBatch) -> None:
+        self._columns = [batch.column(i) for i in range(len(ORDER))]
+        self._rows = batch.num_rows
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._rows
 
     def __getitem__(self, index: Any) -> Any:
-        return self._keys[index].as_py()
+        return row_key(*(column[index].as_py() for column in self._columns))
 
 
 class _Run:
@@ -243,10 +283,11 @@ class _Run:
 
     def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
         self._reader = pa.ipc.open_stream(stack.enter_context(pa.OSFile(str(path))))
-        self.keys: pa.Array = pa.array([], pa.binary())
-        self.lines: pa.Array = pa.array([], pa.string())
+        self.batch: pa.RecordBatch
+        self.keys: _Keys
+        self.numbers: np.ndarray | None = None  # frequency as floats, None when some are null
         self.position = 0
-        self.last = b""
+        self.last: Key
         self.done = False
         self._load()
 
@@ -258,34 +299,48 @@ class _Run:
                 self.done = True
                 return
             if batch.num_rows:
-                self.keys, self.lines, self.position = batch.column(0), batch.column(1), 0
-                self.last = self.keys[-1].as_py()
+                self.batch, self.keys, self.position = batch, _Keys(batch), 0
+                numbers = batch.column(0)
+                self.numbers = None if numbers.null_count else numbers.to_numpy()
+                self.last = self.keys[batch.num_rows - 1]
                 return
 
-    def take_upto(self, bound: bytes) -> tuple[pa.Array, pa.Array]:
-        """This run's next rows whose keys are at most ``bound`` (keys and lines)."""
-        end = bisect.bisect_right(_Keys(self.keys), bound, lo=self.position)
-        count = end - self.position
-        taken = self.keys.slice(self.position, count), self.lines.slice(self.position, count)
+    def _end(self, bound: Key) -> int:
+        """Where this batch's rows pass ``bound``: numpy finds the rows of the bound's frequency
+        (floats sort in numpy as in Arrow: -0.0 equal to 0.0, NaN last); Python compares the texts
+        only among those."""
+        (rank, value), start = bound[0], self.position
+        if self.numbers is None or rank == 2:  # null frequencies: compare whole keys
+            return bisect.bisect_right(self.keys, bound, lo=start)
+        numbers = self.numbers[start:]
+        target = math.nan if rank == 1 else value
+        low = start + int(np.searchsorted(numbers, target, side="left"))
+        high = start + int(np.searchsorted(numbers, target, side="right"))
+        return bisect.bisect_right(self.keys, bound, lo=low, hi=high) if high > low else low
+
+    def take_upto(self, bound: Key) -> pa.RecordBatch:
+        """This run's next rows whose keys are at most ``bound``."""
+        end = self._end(bound)
+        taken = self.batch.slice(self.position, end - self.position)
         self.position = end
-        if end == len(self.keys):
+        if end == self.batch.num_rows:
             self._load()
         return taken
 
 
 def merge_runs(paths: Sequence[Path]) -> Iterator[pa.Array]:
-    """The lines of all runs in key order, as a stream of arrays (each run read batch by batch)."""
+    """The lines of all runs in order, as a stream of arrays (each run read batch by batch)."""
     with contextlib.ExitStack() as stack:
         runs = [run for run in (_Run(path, stack) for path in paths) if not run.done]
         while runs:
             bound = min(run.last for run in runs)  # every row up to here is in memory now
-            pieces = [piece for piece in (run.take_upto(bound) for run in runs) if len(piece[0])]
+            pieces = [piece for piece in (run.take_upto(bound) for run in runs) if piece.num_rows]
             if len(pieces) == 1:
-                yield pieces[0][1]
+                yield pieces[0].column(len(ORDER))
             else:
-                keys = pa.concat_arrays([k for k, _ in pieces])
-                lines = pa.concat_arrays([line for _, line in pieces])
-                yield lines.take(pc.sort_indices(keys))
+                gathered = pa.Table.from_batches(pieces)
+                lines = pa.concat_arrays([piece.column(len(ORDER)) for piece in pieces])
+                yield lines.take(pc.sort_indices(gathered, sort_keys=ORDER))
             runs = [run for run in runs if not run.done]
 
 
@@ -319,6 +374,41 @@ def make_runs(
     made (it raises if the part does not add up). Returns the runs, for :func:`merge_runs`.
     """
     counts = SpillCounts()
+    buckets = _scatter(chunks, expected_rows, budget, folder, errors, counts)
+    check_rows(counts.rows)
+    runs: list[Path] = []
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for bucket in buckets:
+            unique, dropped = read_bucket(bucket, 2 * budget.run_bytes)
+            bucket.unlink()
+            counts.duplicates += dropped
+            for sink in sinks:
+                sink.add(unique)
+            keys = order_keys(unique)
+            order = pc.sort_indices(keys, sort_keys=ORDER)
+            lines = render(unique)
+            del unique
+            rows = keys.append_column("line", lines.combine_chunks() if lines.num_chunks else _NO_LINES)
+            del keys, lines
+            run = folder / f"run-{len(runs)}.arrow"
+            row_bytes = rows.nbytes / max(1, rows.num_rows)
+            write_run(run, rows, order, budget.merge_rows(len(buckets), row_bytes), pool)
+            runs.append(run)
+            del rows, order
+            _release()
+    counts.buckets = len(runs)
+    return runs, counts
+
+
+def _scatter(
+    chunks: Iterable[pa.Table],
+    expected_rows: int,
+    budget: Budget,
+    folder: Path,
+    errors: Sequence[ErrorEntry],
+    counts: SpillCounts,
+) -> list[Path]:
+    """Pass 1: the part's rows, failed stores' dropped, into bucket files; returns their paths."""
     buckets: Buckets | None = None
     try:
         for chunk in chunks:
@@ -330,28 +420,14 @@ def make_runs(
             counts.failed += chunk.num_rows - complete.num_rows
             buckets.write(complete)
             del chunk, complete
-            pa.default_memory_pool().release_unused()
+            _release()
     finally:
         if buckets is not None:
             buckets.close()
-    check_rows(counts.rows)
-    runs: list[Path] = []
-    for bucket in buckets.paths if buckets else []:
-        unique, dropped = read_bucket(bucket, 2 * budget.run_bytes)
-        bucket.unlink()
-        counts.duplicates += dropped
-        for sink in sinks:
-            sink.add(unique)
-        keys = sort_keys(unique)
-        order = pc.sort_indices(keys)
-        lines = render(unique)
-        del unique
-        lines = (lines.combine_chunks() if lines.num_chunks else pa.array([], pa.string())).take(order)
-        row_bytes = (lines.nbytes + keys.nbytes) / max(1, len(keys))
-        run = folder / f"run-{len(runs)}.arrow"
-        write_run(run, keys.take(order), lines, budget.merge_rows(len(buckets.paths), row_bytes))
-        runs.append(run)
-        del keys, lines, order
-        pa.default_memory_pool().release_unused()
-    counts.buckets = len(runs)
-    return runs, counts
+    return buckets.paths if buckets else []
+
+
+def _release() -> None:
+    """Hand freed memory back to the system between chunks and runs: the pool (mimalloc) would
+    otherwise keep each phase's high-water mark; measured: -60 MB peak RSS, no slower."""
+    pa.default_memory_pool().release_unused()
