@@ -11,7 +11,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.ipc
@@ -73,7 +73,8 @@ def open_part(path: PathLike) -> Iterator[pa.ipc.RecordBatchStreamReader]:
     back; Python file objects hand over bytes the C allocator tends to keep); object storage through
     the path's own file object.
     """
-    opened = pa.OSFile(str(path)) if isinstance(path, Path) else path.open("rb")
+    remote: Any = path  # ObjectStoragePath's open is untyped
+    opened = pa.OSFile(str(path)) if isinstance(path, Path) else remote.open("rb")
     with opened as handle:
         reader = pa.ipc.open_stream(handle)
         if reader.schema != PART_SCHEMA:

@@ -153,7 +153,8 @@ def _hash(keys: pa.Array) -> np.ndarray:
     h = sums ^ (lengths.astype(np.uint64) << np.uint64(40))
     for multiplier, shift in ((_MIX[0], 30), (_MIX[1], 27)):  # splitmix64's finaliser
         h = (h ^ (h >> np.uint64(shift))) * multiplier
-    return h ^ (h >> np.uint64(31))
+    hashes: np.ndarray = h ^ (h >> np.uint64(31))
+    return hashes
 
 
 def bucket_of(part: pa.Table, buckets: int) -> np.ndarray:
@@ -269,7 +270,7 @@ class _Keys(Sequence[Key]):
 
     def __init__(self, batch: pa.RecordBatch) -> None:
         self._columns = [batch.column(i) for i in range(len(ORDER))]
-        self._rows = batch.num_rows
+        self._rows = int(batch.num_rows)
 
     def __len__(self) -> int:
         return self._rows
