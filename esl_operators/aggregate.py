@@ -158,7 +158,7 @@ def publish_partition(
             sinks=sinks,
             check_rows=check_rows,
         )
-        stream_lines_atomic(target, header, merge_runs(runs))
+        stream_lines_atomic(target, header, merge_runs(runs, counts.batch_rows))
         return PartitionCounts(counts.rows, counts.failed, counts.duplicates, len(runs))
 
 

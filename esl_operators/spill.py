@@ -55,16 +55,16 @@ MB = 1 << 20
 # Processing one run holds about this many times its rows' size at once (the rows, the de-duplication's
 # sorted copy, the output columns, the lines and their sorted copy): a run is the budget / RUN_SHARE.
 # Measured (BENCHMARKS.md); tests raise it to force many runs on a small partition.
-RUN_SHARE = 8
+RUN_SHARE = int(__import__("os").environ.get("ESL_RUN_SHARE", "8"))  # EXPERIMENT
 SPILL_PREFIX = ".spill-"
 # A run: the sort columns (csvformat.order_keys) and the rendered line of each row, in ORDER.
 RUN_SCHEMA = pa.schema(
     [("_freq", pa.float64()), ("esl_id", pa.string()), ("server", pa.string()), ("store", pa.string()),
      ("line", pa.string())]
 )  # fmt: skip
-_NO_LINES = pa.array([], pa.string())
 _HASH_ROWS = 4096  # keys hashed at once: bounds the per-byte temporaries
 _MERGE_BATCH_ROWS = (256, 16_384)  # rows per run batch read by the merge, at least / at most
+FAN_IN = 16  # runs merged at once; more are merged in groups first
 
 
 class RowSink(Protocol):
@@ -329,20 +329,48 @@ class _Run:
         return taken
 
 
-def merge_runs(paths: Sequence[Path]) -> Iterator[pa.Array]:
-    """The lines of all runs in order, as a stream of arrays (each run read batch by batch)."""
+def _merged(paths: Sequence[Path], lines_only: bool) -> Iterator[Any]:
+    """The rows of ``paths`` (sorted runs) in order, as a stream of tables (or of their lines)."""
+    line = len(ORDER)
     with contextlib.ExitStack() as stack:
         runs = [run for run in (_Run(path, stack) for path in paths) if not run.done]
         while runs:
             bound = min(run.last for run in runs)  # every row up to here is in memory now
             pieces = [piece for piece in (run.take_upto(bound) for run in runs) if piece.num_rows]
-            if len(pieces) == 1:
-                yield pieces[0].column(len(ORDER))
-            else:
-                gathered = pa.Table.from_batches(pieces)
-                lines = pa.concat_arrays([piece.column(len(ORDER)) for piece in pieces])
-                yield lines.take(pc.sort_indices(gathered, sort_keys=ORDER))
             runs = [run for run in runs if not run.done]
+            if len(pieces) == 1:  # already in order
+                yield pieces[0].column(line) if lines_only else pa.Table.from_batches(pieces)
+                continue
+            gathered = pa.Table.from_batches(pieces)
+            order = pc.sort_indices(gathered, sort_keys=ORDER)
+            if lines_only:
+                yield pa.concat_arrays([piece.column(line) for piece in pieces]).take(order)
+            else:
+                yield gathered.take(order)
+
+
+def merge_runs(paths: Sequence[Path], batch_rows: int = _MERGE_BATCH_ROWS[1]) -> Iterator[pa.Array]:
+    """The lines of all runs in order, as a stream of arrays (each run read batch by batch).
+
+    At most :data:`FAN_IN` runs are merged at once (the merge's work per row grows with the runs
+    open): more runs are first merged in groups into longer runs of ``batch_rows`` batches.
+    """
+    paths = list(paths)
+    level = 0
+    while len(paths) > FAN_IN:
+        level += 1
+        merged: list[Path] = []
+        for start in range(0, len(paths), FAN_IN):
+            group = paths[start : start + FAN_IN]
+            target = group[0].with_name(f"merged-{level}-{len(merged)}.arrow")
+            with pa.OSFile(str(target), "wb") as handle, pa.ipc.new_stream(handle, RUN_SCHEMA) as writer:
+                for rows in _merged(group, lines_only=False):
+                    writer.write_table(rows, max_chunksize=batch_rows)
+            for path in group:
+                path.unlink()
+            merged.append(target)
+        paths = merged
+    yield from _merged(paths, lines_only=True)
 
 
 # --- a whole partition -------------------------------------------------------------------------------
@@ -356,6 +384,7 @@ class SpillCounts:
     failed: int = 0  # rows of failed stores, dropped
     duplicates: int = 0  # copies of labels, dropped
     buckets: int = 0
+    batch_rows: int = _MERGE_BATCH_ROWS[1]  # rows per record batch of the runs
 
 
 def make_runs(
@@ -389,11 +418,12 @@ def make_runs(
             order = pc.sort_indices(keys, sort_keys=ORDER)
             lines = render(unique)
             del unique
-            rows = keys.append_column("line", lines.combine_chunks() if lines.num_chunks else _NO_LINES)
+            rows = keys.append_column("line", lines.combine_chunks())
             del keys, lines
             run = folder / f"run-{len(runs)}.arrow"
             row_bytes = rows.nbytes / max(1, rows.num_rows)
-            write_run(run, rows, order, budget.merge_rows(len(buckets), row_bytes), pool)
+            counts.batch_rows = budget.merge_rows(min(len(buckets), FAN_IN), row_bytes)
+            write_run(run, rows, order, counts.batch_rows, pool)
             runs.append(run)
             del rows, order
             _release()

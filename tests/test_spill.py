@@ -210,9 +210,12 @@ def test_partition_sorted_in_runs_is_byte_identical_to_memory(
     assert {s: c for s, c in in_runs["rows_by_store"].items() if c} == by_store
 
 
+@pytest.mark.parametrize("fan_in", [2, 1000])
 def test_runs_publish_the_oracles_rows_in_the_contract_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fan_in: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Merged in one pass, and in a deep tree of passes (two runs at a time)."""
+    monkeypatch.setattr(spill, "FAN_IN", fan_in)
     rows = make_rows(2000, seed=5)
     root = tmp_path / "runs"
     manifest = write_part(root, rows)
@@ -260,11 +263,12 @@ def test_a_failure_midway_through_the_merge_removes_spill_files_and_keeps_the_la
     merged = spill.merge_runs
     seen: list[int] = []
 
-    def failing_merge(runs: list[Path]) -> Any:
-        for piece in merged(runs):
+    def failing_merge(runs: list[Path], *args: Any) -> Any:
+        folder = runs[0].parent
+        for piece in merged(runs, *args):
             seen.append(len(piece))
             if len(seen) == 3:
-                assert len(list(runs[0].parent.iterdir())) == len(runs)  # spilled and still there
+                assert sorted(folder.iterdir())  # spill files are there, being merged
                 raise OSError(28, "No space left on device")
             yield piece
 
@@ -279,9 +283,19 @@ def test_a_failure_midway_through_the_merge_removes_spill_files_and_keeps_the_la
     assert not (root / DS / "_SUCCESS").exists()  # withdrawn when the rerun started
 
 
-def test_a_write_error_in_the_merge_cleans_up_in_a_real_process(tmp_path: Path) -> None:
-    """A file-size limit (RLIMIT_FSIZE) below the CSV's size but above every spill file's: the
-    kernel refuses the CSV midway (EFBIG) while runs are being merged."""
+@pytest.mark.parametrize(
+    ("fan_in", "where", "message"),
+    [
+        (1000, "stream_lines_atomic", "OSError: [Errno 27] File too large"),  # the CSV
+        (4, "merge_runs", "OSError: [Errno 27] Error writing bytes to file"),  # a merged run
+    ],
+)
+def test_a_write_error_in_the_merge_cleans_up_in_a_real_process(
+    fan_in: int, where: str, message: str, tmp_path: Path
+) -> None:
+    """A file-size limit (RLIMIT_FSIZE) above every bucket's and run's size but below the CSV's
+    (and, merging 4 runs at a time, below a merged run's): the kernel refuses the write midway
+    (EFBIG) while runs are being merged."""
     root = tmp_path / "out"
     manifest = write_part(root, make_rows(3000))
     (tmp_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
@@ -292,6 +306,7 @@ def test_a_write_error_in_the_merge_cleans_up_in_a_real_process(tmp_path: Path) 
         from esl_operators import spill
         from esl_operators.aggregate import aggregate_run
         spill.RUN_SHARE = 16 * spill.MB // {RUN_BYTES}
+        spill.FAN_IN = {fan_in}
         manifest = json.loads(Path({str(tmp_path / "manifest.json")!r}).read_text())
         resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, resource.RLIM_INFINITY))
         aggregate_run([manifest], output_root=Path({str(root)!r}), ds={DS!r}, aggregate_memory_mb=16)
@@ -300,8 +315,8 @@ def test_a_write_error_in_the_merge_cleans_up_in_a_real_process(tmp_path: Path) 
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "OSError: [Errno 27] File too large" in done.stderr
-    assert "stream_lines_atomic" in done.stderr  # the CSV's write, while runs are merged
+    assert message in done.stderr
+    assert f"in {where}" in done.stderr
     assert sorted(p.name for p in (root / DS / "_parts").iterdir()) == ["batch-0.arrow"]
     assert sorted(p.name for p in (root / DS).iterdir()) == ["_parts"]  # nothing half-written
 
