@@ -30,6 +30,7 @@ import math
 import shutil
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ MB = 1 << 20
 # Processing one run holds about this many times its rows' size at once (the rows, the de-duplication's
 # sorted copy, the output columns, the lines and their sorted copy): a run is the budget / RUN_SHARE.
 # Measured (BENCHMARKS.md); tests raise it to force many runs on a small partition.
-RUN_SHARE = int(__import__("os").environ.get("ESL_RUN_SHARE", "8"))  # EXPERIMENT
+RUN_SHARE = int(__import__("os").environ.get("ESL_RUN_SHARE", "16"))  # EXPERIMENT
 SPILL_PREFIX = ".spill-"
 # A run: the sort columns (csvformat.order_keys) and the rendered line of each row, in ORDER.
 RUN_SCHEMA = pa.schema(
@@ -64,7 +65,8 @@ RUN_SCHEMA = pa.schema(
 )  # fmt: skip
 _HASH_ROWS = 4096  # keys hashed at once: bounds the per-byte temporaries
 _MERGE_BATCH_ROWS = (256, 16_384)  # rows per run batch read by the merge, at least / at most
-FAN_IN = 16  # runs merged at once; more are merged in groups first
+FAN_IN = 32  # runs merged at once; more are merged in groups first
+_WRITE_SLICE_ROWS = 32_768  # rows of a run taken into order at once
 
 
 class RowSink(Protocol):
@@ -243,13 +245,20 @@ def read_bucket(path: Path, limit_bytes: int) -> tuple[pa.Table, int]:
 
 
 def write_run(path: Path, rows: pa.Table, order: pa.Array, batch_rows: int, pool: Executor) -> None:
-    """``rows`` (:data:`RUN_SCHEMA`) in ``order``, as a run file of record batches of ``batch_rows``;
-    slices of the order are taken on several cores and written in turn."""
-    step = max(batch_rows, -(-len(order) // WORKERS))
-    slices = (order.slice(start, step) for start in range(0, len(order), step))
+    """``rows`` (:data:`RUN_SCHEMA`) in ``order``, as a run file of record batches of ``batch_rows``.
+
+    Slices of the order are taken on the pool's threads, at most one per thread ahead of the one
+    being written: the sorted copy never exists whole.
+    """
+    step = max(batch_rows, min(_WRITE_SLICE_ROWS, -(-len(order) // WORKERS)))
+    pending: deque[Future[pa.Table]] = deque()
     with pa.OSFile(str(path), "wb") as handle, pa.ipc.new_stream(handle, RUN_SCHEMA) as writer:
-        for piece in pool.map(rows.take, slices):
-            writer.write_table(piece, max_chunksize=batch_rows)
+        for start in range(0, len(order), step):
+            pending.append(pool.submit(rows.take, order.slice(start, step)))
+            if len(pending) > WORKERS:
+                writer.write_table(pending.popleft().result(), max_chunksize=batch_rows)
+        while pending:
+            writer.write_table(pending.popleft().result(), max_chunksize=batch_rows)
 
 
 # --- 3. merge ---------------------------------------------------------------------------------------
