@@ -28,10 +28,11 @@ from esl_operators.cleaning import drop_duplicates, drop_failed
 from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order
 from esl_operators.exceptions import EslError
 from esl_operators.manifest import BatchManifest, Partition, RunSummary, run_manifest
+from esl_operators.merge import merge_runs
 from esl_operators.partitions import stream_lines_atomic, write_lines_atomic
 from esl_operators.parts import PART_SCHEMA, open_part, part_chunks
 from esl_operators.settings import HeaderStyle, default, setting
-from esl_operators.spill import Budget, RowSink, make_runs, merge_runs, spill_folder
+from esl_operators.spill import Budget, RowSink, make_runs, spill_folder
 from esl_operators.storage import (
     MANIFEST_NAME,
     REPORT_NAME,

@@ -1,20 +1,17 @@
-"""External sort of one partition in bounded memory: hash buckets, sorted runs, one k-way merge.
+"""External sort of one partition in bounded memory, passes 1 and 2: hash buckets, sorted runs.
 
-A partition larger than a run (a share of ``aggregate_memory_mb``, see :class:`Budget`) is published
-in three passes, each holding a bounded slice of it (why this design and not an embedded engine, with
-numbers: BENCHMARKS.md):
+A partition larger than a run (1/``RUN_SHARE`` of ``aggregate_memory_mb``, see :class:`Budget`) is
+published in three passes, each holding a bounded slice of it (why this design and not an embedded
+engine, with numbers: BENCHMARKS.md, section "Bounded memory"):
 
 1. **scatter**: the part is read in chunks; failed stores' rows are dropped; every row goes to one
    of K bucket files by a hash of its ``esl_id``, so all copies of a label share a bucket, in part
    order. K is chosen so that a bucket fits in a run.
 2. **runs**: each bucket is read back, de-duplicated by the very rule of the in-memory path, handed
    to the sinks (report statistics, per-store counts), rendered into CSV lines by our vectorised
-   formatter and written sorted by :func:`esl_operators.csvformat.sort_keys` as a run of
-   (key, line) pairs.
-3. **merge**: the runs are merged block by block: the smallest of the runs' last loaded keys bounds
-   what may be written; every run gives up its rows up to that bound, those few are sorted by key and
-   their lines written. Keys are unique (one row per label), so the order is total and the output is
-   byte for byte the in-memory one.
+   formatter and written sorted by :data:`esl_operators.csvformat.ORDER` as a run: the sort columns
+   and the line of each row (:data:`RUN_SCHEMA`).
+3. **merge** (:mod:`esl_operators.merge`): the runs are merged into the CSV's lines.
 
 Spill files live in a hidden folder next to the parts (``{ds}/_parts/.spill-*``), or in a local
 temporary folder when the output root is object storage; the folder is removed when the partition is
@@ -23,10 +20,8 @@ done, failed or not, and one left by a killed attempt is removed by the next.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
-import math
 import shutil
 import tempfile
 import uuid
@@ -35,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -45,28 +40,23 @@ import pyarrow.ipc
 from esl_operators.cleaning import drop_duplicates, drop_failed
 from esl_operators.csvformat import ORDER, WORKERS, order_keys, string_bytes
 from esl_operators.manifest import ErrorEntry
+from esl_operators.merge import FAN_IN, MERGE_BATCH_ROWS, RUN_SCHEMA
 from esl_operators.parts import PART_SCHEMA
 from esl_operators.storage import PathLike
 
 log = logging.getLogger(__name__)
 
 MB = 1 << 20
+# A run is the budget / RUN_SHARE of part rows (Arrow bytes). Processing one holds several times its
+# size (the rows, the output columns, the lines, a slice of the sorted copy), and the allocator keeps
+# some slack beside: measured, 24 keeps a 4M-row partition well inside the budget at the speed of 8
+# (BENCHMARKS.md). Tests raise it to force many runs on a small partition.
+RUN_SHARE = 24
+SPILL_PREFIX = ".spill-"
+_HASH_ROWS = 4096  # keys hashed at once: bounds the per-byte temporaries
+_WRITE_SLICE_ROWS = 32_768  # rows of a run taken into order at once
 # Spill files are read and written through Arrow's own file class, never Python file objects: the
 # data then lands in Arrow's memory pool instead of Python bytes, which the C allocator keeps.
-# Processing one run holds about this many times its rows' size at once (the rows, the de-duplication's
-# sorted copy, the output columns, the lines and their sorted copy): a run is the budget / RUN_SHARE.
-# Measured (BENCHMARKS.md); tests raise it to force many runs on a small partition.
-RUN_SHARE = int(__import__("os").environ.get("ESL_RUN_SHARE", "16"))  # EXPERIMENT
-SPILL_PREFIX = ".spill-"
-# A run: the sort columns (csvformat.order_keys) and the rendered line of each row, in ORDER.
-RUN_SCHEMA = pa.schema(
-    [("_freq", pa.float64()), ("esl_id", pa.string()), ("server", pa.string()), ("store", pa.string()),
-     ("line", pa.string())]
-)  # fmt: skip
-_HASH_ROWS = 4096  # keys hashed at once: bounds the per-byte temporaries
-_MERGE_BATCH_ROWS = (256, 16_384)  # rows per run batch read by the merge, at least / at most
-FAN_IN = 32  # runs merged at once; more are merged in groups first
-_WRITE_SLICE_ROWS = 32_768  # rows of a run taken into order at once
 
 
 class RowSink(Protocol):
@@ -102,7 +92,7 @@ class Budget:
     def merge_rows(self, runs: int, row_bytes: float) -> int:
         """Rows per run batch such that the merge holds about a quarter of the budget: a batch of
         every run, their rows up to the bound gathered, and those in order."""
-        low, high = _MERGE_BATCH_ROWS
+        low, high = MERGE_BATCH_ROWS
         fit = self.total_bytes // max(1.0, 12 * runs * row_bytes)
         return int(min(high, max(low, fit)))
 
@@ -261,127 +251,6 @@ def write_run(path: Path, rows: pa.Table, order: pa.Array, batch_rows: int, pool
             writer.write_table(pending.popleft().result(), max_chunksize=batch_rows)
 
 
-# --- 3. merge ---------------------------------------------------------------------------------------
-
-Key = tuple[tuple[int, float], tuple[int, str], tuple[int, str], tuple[int, str]]
-
-
-def row_key(number: float | None, *texts: str | None) -> Key:
-    """A run row's :data:`~esl_operators.csvformat.ORDER` as a Python value: tuples compare the way
-    Arrow sorts (-0.0 equal to 0.0, NaN after every number, nulls last; texts by code point)."""
-    rank = (2, 0.0) if number is None else (1, 0.0) if math.isnan(number) else (0, number + 0.0)
-    esl_id, server, store = ((1, "") if t is None else (0, t) for t in texts)
-    return (rank, esl_id, server, store)
-
-
-class _Keys(Sequence[Key]):
-    """A run batch's sort columns as a sequence of :func:`row_key`, for :func:`bisect.bisect_right`."""
-
-    def __init__(self, batch: pa.RecordBatch) -> None:
-        self._columns = [batch.column(i) for i in range(len(ORDER))]
-        self._rows = int(batch.num_rows)
-
-    def __len__(self) -> int:
-        return self._rows
-
-    def __getitem__(self, index: Any) -> Any:
-        return row_key(*(column[index].as_py() for column in self._columns))
-
-
-class _Run:
-    """A sorted run being read, one record batch at a time."""
-
-    def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
-        self._reader = pa.ipc.open_stream(stack.enter_context(pa.OSFile(str(path))))
-        self.batch: pa.RecordBatch
-        self.keys: _Keys
-        self.numbers: np.ndarray | None = None  # frequency as floats, None when some are null
-        self.position = 0
-        self.last: Key
-        self.done = False
-        self._load()
-
-    def _load(self) -> None:
-        while True:
-            try:
-                batch = self._reader.read_next_batch()
-            except StopIteration:
-                self.done = True
-                return
-            if batch.num_rows:
-                self.batch, self.keys, self.position = batch, _Keys(batch), 0
-                numbers = batch.column(0)
-                self.numbers = None if numbers.null_count else numbers.to_numpy()
-                self.last = self.keys[batch.num_rows - 1]
-                return
-
-    def _end(self, bound: Key) -> int:
-        """Where this batch's rows pass ``bound``: numpy finds the rows of the bound's frequency
-        (floats sort in numpy as in Arrow: -0.0 equal to 0.0, NaN last); Python compares the texts
-        only among those."""
-        (rank, value), start = bound[0], self.position
-        if self.numbers is None or rank == 2:  # null frequencies: compare whole keys
-            return bisect.bisect_right(self.keys, bound, lo=start)
-        numbers = self.numbers[start:]
-        target = math.nan if rank == 1 else value
-        low = start + int(np.searchsorted(numbers, target, side="left"))
-        high = start + int(np.searchsorted(numbers, target, side="right"))
-        return bisect.bisect_right(self.keys, bound, lo=low, hi=high) if high > low else low
-
-    def take_upto(self, bound: Key) -> pa.RecordBatch:
-        """This run's next rows whose keys are at most ``bound``."""
-        end = self._end(bound)
-        taken = self.batch.slice(self.position, end - self.position)
-        self.position = end
-        if end == self.batch.num_rows:
-            self._load()
-        return taken
-
-
-def _merged(paths: Sequence[Path], lines_only: bool) -> Iterator[Any]:
-    """The rows of ``paths`` (sorted runs) in order, as a stream of tables (or of their lines)."""
-    line = len(ORDER)
-    with contextlib.ExitStack() as stack:
-        runs = [run for run in (_Run(path, stack) for path in paths) if not run.done]
-        while runs:
-            bound = min(run.last for run in runs)  # every row up to here is in memory now
-            pieces = [piece for piece in (run.take_upto(bound) for run in runs) if piece.num_rows]
-            runs = [run for run in runs if not run.done]
-            if len(pieces) == 1:  # already in order
-                yield pieces[0].column(line) if lines_only else pa.Table.from_batches(pieces)
-                continue
-            gathered = pa.Table.from_batches(pieces)
-            order = pc.sort_indices(gathered, sort_keys=ORDER)
-            if lines_only:
-                yield pa.concat_arrays([piece.column(line) for piece in pieces]).take(order)
-            else:
-                yield gathered.take(order)
-
-
-def merge_runs(paths: Sequence[Path], batch_rows: int = _MERGE_BATCH_ROWS[1]) -> Iterator[pa.Array]:
-    """The lines of all runs in order, as a stream of arrays (each run read batch by batch).
-
-    At most :data:`FAN_IN` runs are merged at once (the merge's work per row grows with the runs
-    open): more runs are first merged in groups into longer runs of ``batch_rows`` batches.
-    """
-    paths = list(paths)
-    level = 0
-    while len(paths) > FAN_IN:
-        level += 1
-        merged: list[Path] = []
-        for start in range(0, len(paths), FAN_IN):
-            group = paths[start : start + FAN_IN]
-            target = group[0].with_name(f"merged-{level}-{len(merged)}.arrow")
-            with pa.OSFile(str(target), "wb") as handle, pa.ipc.new_stream(handle, RUN_SCHEMA) as writer:
-                for rows in _merged(group, lines_only=False):
-                    writer.write_table(rows, max_chunksize=batch_rows)
-            for path in group:
-                path.unlink()
-            merged.append(target)
-        paths = merged
-    yield from _merged(paths, lines_only=True)
-
-
 # --- a whole partition -------------------------------------------------------------------------------
 
 
@@ -393,7 +262,7 @@ class SpillCounts:
     failed: int = 0  # rows of failed stores, dropped
     duplicates: int = 0  # copies of labels, dropped
     buckets: int = 0
-    batch_rows: int = _MERGE_BATCH_ROWS[1]  # rows per record batch of the runs
+    batch_rows: int = MERGE_BATCH_ROWS[1]  # rows per record batch of the runs
 
 
 def make_runs(
@@ -410,7 +279,8 @@ def make_runs(
     """Passes 1 and 2: scatter ``chunks`` into buckets, then turn each bucket into a sorted run.
 
     ``check_rows`` gets the number of part rows once the part is read through, before any run is
-    made (it raises if the part does not add up). Returns the runs, for :func:`merge_runs`.
+    made (it raises if the part does not add up). Returns the runs, for
+    :func:`esl_operators.merge.merge_runs`.
     """
     counts = SpillCounts()
     buckets = _scatter(chunks, expected_rows, budget, folder, errors, counts)

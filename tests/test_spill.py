@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from esl_operators import spill
+from esl_operators import merge, spill
 from esl_operators.aggregate import aggregate_run
 from esl_operators.cleaning import drop_duplicates
 from esl_operators.csvformat import ORDER, order_keys, sort_order
@@ -215,7 +215,7 @@ def test_runs_publish_the_oracles_rows_in_the_contract_order(
     fan_in: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Merged in one pass, and in a deep tree of passes (two runs at a time)."""
-    monkeypatch.setattr(spill, "FAN_IN", fan_in)
+    monkeypatch.setattr(merge, "FAN_IN", fan_in)
     rows = make_rows(2000, seed=5)
     root = tmp_path / "runs"
     manifest = write_part(root, rows)
@@ -260,7 +260,7 @@ def test_a_failure_midway_through_the_merge_removes_spill_files_and_keeps_the_la
     manifest = write_part(root, make_rows(2000))
     aggregate_run([manifest], output_root=root, ds=DS)  # an earlier, complete publication
     published = (root / DS / "esl_id_part_1.csv").read_bytes()
-    merged = spill.merge_runs
+    merged = merge.merge_runs
     seen: list[int] = []
 
     def failing_merge(runs: list[Path], *args: Any) -> Any:
@@ -303,10 +303,10 @@ def test_a_write_error_in_the_merge_cleans_up_in_a_real_process(
         f"""
         import json, resource, sys
         from pathlib import Path
-        from esl_operators import spill
+        from esl_operators import merge, spill
         from esl_operators.aggregate import aggregate_run
         spill.RUN_SHARE = 16 * spill.MB // {RUN_BYTES}
-        spill.FAN_IN = {fan_in}
+        merge.FAN_IN = {fan_in}
         manifest = json.loads(Path({str(tmp_path / "manifest.json")!r}).read_text())
         resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, resource.RLIM_INFINITY))
         aggregate_run([manifest], output_root=Path({str(root)!r}), ds={DS!r}, aggregate_memory_mb=16)
@@ -388,10 +388,10 @@ def test_the_merges_row_keys_order_rows_exactly_as_sort_order() -> None:
         columns[name] = pa.array([rng.choice(texts) for _ in range(4000)], pa.string())
     table = pa.table(columns)
     keys = order_keys(table)
-    assert keys.schema.names == [name for name, _ in ORDER] == spill.RUN_SCHEMA.names[:4]
+    assert keys.schema.names == [name for name, _ in ORDER] == merge.RUN_SCHEMA.names[:4]
 
-    by_arrow = [spill.row_key(*row.values()) for row in keys.take(sort_order(table)).to_pylist()]
-    by_python = sorted(spill.row_key(*row.values()) for row in keys.to_pylist())
+    by_arrow = [merge.row_key(*row.values()) for row in keys.take(sort_order(table)).to_pylist()]
+    by_python = sorted(merge.row_key(*row.values()) for row in keys.to_pylist())
 
     assert by_arrow == by_python
     assert len(set(by_python)) < 4000  # ties exist: equal keys compare equal
@@ -412,7 +412,7 @@ def test_budget_sizes() -> None:
     assert budget.run_bytes == 256 * spill.MB // spill.RUN_SHARE
     assert budget.buckets(4_000_000, 210) == math.ceil(4_000_000 * 210 * 1.1 / budget.run_bytes)
     assert budget.buckets(10, 210) == 2  # spilled means at least two runs
-    low, high = spill._MERGE_BATCH_ROWS
+    low, high = merge.MERGE_BATCH_ROWS
     assert budget.merge_rows(2, 200) == high and budget.merge_rows(10_000, 200) == low
 
 

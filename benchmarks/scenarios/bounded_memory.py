@@ -39,31 +39,51 @@ COMMAND = "whole command"
 
 DESIGN = f"""\
 **Design: our own external sort, not an embedded engine.** A partition up to a run (1/{RUN_SHARE} of
-`aggregate_memory_mb` in Arrow bytes) is sorted in memory as before. A larger one
-(`esl_operators/spill.py`): (1) the part is read in chunks, failed stores' rows dropped, rows
-scattered into K bucket files by a hash of `esl_id` (all copies of a label in one bucket); (2) each
-bucket is de-duplicated by the same rule, fed to the report's statistics and the per-store counts,
-rendered by our vectorised CSV code and written as a sorted run (sort columns + line); (3) the runs
-are merged, at most {FAN_IN} at a time: the smallest last key of the runs' loaded batches bounds
-what may be written, numpy's `searchsorted` on the frequency finds
-each run's cut, Arrow sorts the few gathered rows. Output is byte-identical (`tests/test_spill.py`).
-Tried first, by hand on the 1M-row part (load about 4): DuckDB 2.0.1 with `memory_limit='256MB'`,
-`temp_directory` next to the parts, 2 threads, the part registered as an Arrow stream, `ORDER BY` with
-a `row_number()` window for the dedup, streamed out as Arrow batches into our formatter: **677 MB
-peak, 22 s**; plain `ORDER BY` without dedup: 677 MB, 8.9 s (ours at the time: 2.3 s, 340 MB).
-DuckDB's limit bounds its buffer manager, not the Arrow scan and result batches, and it would be a
-40 MB dependency; so no DuckDB.
+`aggregate_memory_mb` in Arrow bytes, about 50,000 rows at 256 MB) is sorted in memory as before. A
+larger one: (1) the part is read in chunks, failed stores' rows dropped, rows scattered into K bucket
+files by a hash of `esl_id` (all copies of a label in one bucket, in part order); (2) each bucket is
+de-duplicated by the same rule, fed to the report's statistics and the per-store counts, rendered by
+our vectorised CSV code and written as a run sorted by the published order (its sort columns and the
+line); (3) the runs are merged, at most {FAN_IN} at a time (`esl_operators/merge.py`): the smallest
+last key of the runs' loaded batches bounds what may be written, numpy's `searchsorted` on the
+frequency finds each run's cut, Arrow sorts the gathered rows. Byte-identical to the in-memory
+result (`tests/test_spill.py`: both header styles, non-UTC zones, duplicates, failed stores).
 
-**Where the aggregate time goes** (1M rows spilled, per phase, cProfile and wall clocks in-process,
-load about 1): scatter 0.67 s (hash of `esl_id` 0.05-0.2 s, grouping rows by bucket and writing
-0.4 s), reading buckets back 0.2 s, the CSV rendering 0.9-1.0 s (timestamps 0.3 s, quoting scan
-0.35 s, joining cells 0.2 s), writing sorted runs 0.3 s, the merge 0.4 s (at 4M rows 2.4 s, of
-which 0.9 s is writing the CSV itself and 0.5 s Arrow's sort of gathered rows; Python-level key
-comparisons were 1.7 s before numpy's searchsorted took them over). Memory beyond the live Arrow
-data is the allocator's (mimalloc keeps freed pages per thread): the pool is asked to release them
-between chunks and runs (-60 MB peak, no slower). On this VM page faults are expensive (sys time is
-a third of the CPU time), so fewer, reused buffers are the main lever; spill files are usually
-deleted before they reach the disk.
+**What was tried** (by hand, 2026-12-01/02, this machine shared with other sessions, load 1 to 7;
+wall times under load are unreliable, CPU times less so):
+
+* DuckDB 2.0.1 (`memory_limit='256MB'`, `temp_directory` next to the parts, 2 threads, the part
+  registered as an Arrow stream, a `row_number()` window for the de-duplication, `ORDER BY`, result
+  streamed as Arrow batches into our formatter), 1M rows, load about 4: **677 MB peak, 22 s**; plain
+  `ORDER BY` without the window: 677 MB, 8.9 s. Ours at the time: 340 MB, 2.3 s. The limit bounds
+  DuckDB's buffer manager, not the Arrow scan and result, and DuckDB is a 40 MB dependency: not used.
+* Memory-order and run sizes, 1M / 4M rows, and the whole command at 10k / 200k labels, one run
+  each, load 5 to 7: runs of 1/8 of the budget: 358-373 / 442 MB, command 218 / 357 MB; 1/16:
+  283-294 / 347 MB, command 213 / 331 MB; 1/24: 266-278 / 303 MB, command 213 / 311 MB; CPU within
+  10% of each other (1M: 5.3-6.6 CPU s under that load; 2.6-2.8 CPU s at load 1). Chosen: 1/24.
+* Before this change, same machine, load 1-2: 1M rows 2.06-2.8 s wall, 959-1041 MB; 4M rows 12.5 s,
+  2875 MB. After, same conditions, runs of 1/8: 1M 2.3-2.6 s, 336-340 MB; 4M 13.3 s, 342 MB.
+* Arrow's allocator: the pool (mimalloc) keeps freed pages per thread; asking it to release them
+  between chunks and runs saves about 60 MB of peak at no measurable cost. jemalloc and the C
+  allocator (`ARROW_DEFAULT_MEMORY_POOL`) were tried: within 10-30 MB of mimalloc, no better ratio in
+  the whole command (182 / 281 MB with the C allocator), so the default pool stays.
+
+**Where the aggregate time goes** (1M rows spilled, load about 1, wall per phase in-process): scatter
+0.67 s (hash of `esl_id` 0.05-0.2 s, grouping rows by bucket and writing them 0.4 s), reading buckets
+back 0.2 s, rendering CSV lines 0.9-1.0 s (timestamps 0.3 s, the quoting scan 0.35 s, joining cells
+0.2 s), writing sorted runs 0.3 s, the merge 0.4 s. At 4M rows the merge took 3.3 s, 1.7 s of it
+Python comparing keys; numpy's `searchsorted` on the frequency brought it to 2.4 s (0.9 s writing the
+CSV itself, 0.5 s Arrow's sort of gathered rows). Counting timestamp days instead of sorting them
+(`np.unique`) saved about 0.15 s per 1M rows in both paths. On this VM page faults are expensive
+(sys time is a third of the CPU time), so reusing few buffers matters more than kernels.
+
+**The whole command and 1.2×** (by hand, load 5-7: 213 MB at 10k labels, 311 MB at 200k: 1.46×,
+not met). Its fetch phase stays flat (165 MB at 100k labels on 50 servers, sampled every 50 ms), but
+the aggregate phase adds about 50 MB at 10k labels and about 110 MB once a partition is a few runs
+(a run's working set, Arrow's compute and allocator arenas, pandas, which pyarrow loads at its first
+Python-scalar conversion), and then no more with size: the aggregate step alone is flat from 1M to
+4M rows, so 1M labels should land where 200k does. Meeting 1.2× would take runs of a few MB, far
+below what the budget allows, and a slower merge.
 """
 
 
