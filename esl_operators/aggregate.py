@@ -93,8 +93,14 @@ def aggregate_run(
     timezone: str = "UTC",
     params: Mapping[str, Any] | None = None,
     report: bool = True,
+    anchor_source: str = "date",
 ) -> dict[str, Any]:
-    """Publish the partitions and the run manifest (and ``report.html``); return a small summary."""
+    """Publish the partitions and the run manifest (and ``report.html``); return a small summary.
+
+    ``anchor_source`` says where the batches' heartbeat anchor came from: for a DAG run one of
+    :data:`esl_operators.config.ANCHOR_SOURCES`; ``"date"`` (the default) is midnight UTC of ``ds``, as
+    the standalone command anchors.
+    """
     started = time.monotonic()
     style, zone = check_style(header_style, timezone)
     ordered = _check_batches(manifests)
@@ -138,7 +144,7 @@ def aggregate_run(
             rows_by_store.setdefault(server, {})[store] = count
         log.info("%s: %d rows", name, len(unique))
     removed = remove_stale_outputs(folder, len(ordered))
-    run_manifest = _run_manifest(ordered, partitions, rows_by_store, ds, style, params, removed)
+    run_manifest = _run_manifest(ordered, partitions, rows_by_store, ds, style, params, removed, anchor_source)
     if report:
         from esl_operators.report import publish_report
 
@@ -163,6 +169,7 @@ def _run_manifest(
     style: str,
     params: Mapping[str, Any] | None,
     removed_files: list[str],
+    anchor_source: str,
 ) -> dict[str, Any]:
     servers = {name: info for m in batches for name, info in m["servers"].items()}
     stores = [s for info in servers.values() for s in info["stores"].values()]
@@ -173,6 +180,7 @@ def _run_manifest(
     return {
         "date": ds,
         "anchor": batches[0]["anchor"] if batches else None,
+        "anchor_source": anchor_source,
         "heartbeat_cutoff": batches[0]["heartbeat_cutoff"] if batches else None,
         "header_style": style,
         "columns": list(columns_for(style)),  # type: ignore[arg-type]

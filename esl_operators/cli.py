@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
+from esl_operators import __version__, install
 from esl_operators.aggregate import aggregate_run
 from esl_operators.batch import error_summary, run_batches
 from esl_operators.client import ServerTarget
@@ -54,7 +55,9 @@ def target_from_url(url: str) -> ServerTarget:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esl-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    install.add_parser(commands)
     fetch = commands.add_parser("fetch", help="export a fleet for one date")
     fetch.add_argument("--server", action="append", required=True, help="server base URL (repeatable)")
     fetch.add_argument("--date", required=True, type=lambda t: datetime.strptime(t, "%Y-%m-%d").date())
@@ -130,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        if args.command == "install-dag":
+            return install.run(args)
         return fetch(args)
     except EslError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 
 from esl_operators.aggregate import aggregate_run
 from esl_operators.batch import error_summary, run_batch
-from esl_operators.config import parse_server_list, resolve_output_root, run_anchor
+from esl_operators.config import anchor_of, parse_server_list, resolve_output_root, run_anchor
 from esl_operators.engine import FetchSettings, make_settings
 from esl_operators.exceptions import ConfigError, EslError
 from esl_operators.hooks import resolve_targets
@@ -36,7 +36,7 @@ class EslFetchOperator(BaseOperator):
     :param output_root: Root folder or object-storage URL; empty means the Variable ``esl_output_root``,
         else ``./data/esl_export``.
     :param lookback_days: Keep labels whose last heartbeat is at most this many days before the run's
-        ``data_interval_end``.
+        anchor: its logical date (else ``data_interval_end``, then ``run_after``).
     :param max_records_per_store: Stop a store once this many rows are kept (named in the manifest).
     :param max_concurrency: Requests in flight per server (the ceiling, when adaptive).
     :param adaptive_concurrency: Adapt each server's limit between 1 and ``max_concurrency`` to its
@@ -194,6 +194,7 @@ class EslAggregateOperator(BaseOperator):
             header_style=self.header_style,
             timezone=self.timezone,
             params=params,
+            anchor_source=anchor_of(context)[1],
         )
         announce_published(context, self.outlets, published_event(summary, str(root / ds)))
         return summary
