@@ -144,7 +144,9 @@ def aggregate_run(
             rows_by_store.setdefault(server, {})[store] = count
         log.info("%s: %d rows", name, len(unique))
     removed = remove_stale_outputs(folder, len(ordered))
-    run_manifest = _run_manifest(ordered, partitions, rows_by_store, ds, style, params, removed, anchor_source)
+    run_manifest = _run_manifest(
+        ordered, partitions, rows_by_store, ds, style, params, removed, anchor_source
+    )
     if report:
         from esl_operators.report import publish_report
 

@@ -1,6 +1,6 @@
 """Airflow http connections (``AIRFLOW_CONN_*`` env vars) -> ServerTarget, and the server-list settings.
 
-Stored connections (``airflow connections add``) under ``airflow dags test``: tests/test_stored_connections.py.
+Stored connections (``airflow connections add``) under ``airflow dags test``: test_stored_connections.py.
 """
 
 from __future__ import annotations
@@ -188,7 +188,8 @@ def test_unusable_timeout_extras_are_config_errors(
 
 
 def test_an_extra_that_is_no_json_object_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_ESL_LIST", json.dumps({"conn_type": "http", "host": "h", "extra": "[1]"}))
+    conn = {"conn_type": "http", "host": "h", "extra": "[1]"}
+    monkeypatch.setenv("AIRFLOW_CONN_ESL_LIST", json.dumps(conn))
     with pytest.raises(ConfigError) as caught:
         resolve_targets(["esl_list"])
     assert str(caught.value) == "connection 'esl_list': extra must be a JSON object, got list"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from esl_operators.report.browse import create_app, published_file
 from esl_operators.simulator import build_fleet
-from tests.conftest import ANCHOR_MS, REPO
+from tests.conftest import ANCHOR_MS
 from tests.report_data import publish_run
 
 DS = "2024-05-10"
@@ -246,13 +245,9 @@ def test_output_root_comes_from_the_variable(
 
 
 def test_plugin_registers_the_app_and_the_browse_entry() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "esl_exports_plugin", REPO / "plugins" / "esl_exports_plugin.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    plugin = module.EslExportsPlugin
+    # Registered through the package's entry point: tests/test_install.py loads it as Airflow does.
+    from esl_operators.plugin import EslExportsPlugin as plugin
+
     [app] = plugin.fastapi_apps
     assert app["url_prefix"] == "/esl-exports"
     assert not app["url_prefix"].startswith(("/api/v2", "/ui", "/execution", "/auth", "/pluginsv2"))
