@@ -18,6 +18,7 @@ import pytest
 
 import esl_operators
 from esl_operators.install import DAG_FILE, InstallRefused, install_dag, shipped_dag
+from tests.checkout import copy_checkout
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(300)
@@ -117,8 +118,9 @@ def test_install_dag_replaces_a_dangling_symlink_only_when_forced(tmp_path: Path
 
 def test_a_built_wheel_carries_the_dag_file_and_registers_the_plugin(tmp_path: Path) -> None:
     """``pip install .`` (not editable) builds this wheel: the symlink must arrive as the real file."""
+    source = copy_checkout(tmp_path / "checkout")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         timeout=240,
