@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order
 from esl_operators.exceptions import EslError
+from esl_operators.manifest import BatchManifest, ErrorEntry, Partition, RunSummary, run_manifest
 from esl_operators.storage import (
     MANIFEST_NAME,
     REPORT_NAME,
@@ -46,7 +47,7 @@ class AggregateError(EslError):
     """The parts do not add up to what the fetch tasks reported: nothing is published."""
 
 
-def _check_batches(manifests: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _check_batches(manifests: Sequence[BatchManifest]) -> list[BatchManifest]:
     ordered = sorted(manifests, key=lambda m: m["batch"])
     numbers = [m["batch"] for m in ordered]
     if numbers != list(range(len(ordered))):
@@ -54,7 +55,7 @@ def _check_batches(manifests: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
     return ordered
 
 
-def drop_failed(part: pa.Table, errors: Sequence[Mapping[str, str]]) -> pa.Table:
+def drop_failed(part: pa.Table, errors: Sequence[ErrorEntry]) -> pa.Table:
     """Remove the rows of failed stores (``store`` empty: the whole server failed)."""
     failed_servers = sorted({e["server"] for e in errors if not e["store"]})
     failed_stores = sorted({f"{e['server']}\x1f{e['store']}" for e in errors if e["store"]})
@@ -85,7 +86,7 @@ def drop_duplicates(part: pa.Table) -> pa.Table:
 
 
 def aggregate_run(
-    manifests: Sequence[Mapping[str, Any]],
+    manifests: Sequence[BatchManifest],
     *,
     output_root: PathLike,
     ds: str,
@@ -94,7 +95,7 @@ def aggregate_run(
     params: Mapping[str, Any] | None = None,
     report: bool = True,
     anchor_source: str = "date",
-) -> dict[str, Any]:
+) -> RunSummary:
     """Publish the partitions and the run manifest (and ``report.html``); return a small summary.
 
     ``anchor_source`` says where the batches' heartbeat anchor came from: for a DAG run one of
@@ -111,7 +112,7 @@ def aggregate_run(
         from esl_operators.report import FleetStats  # matplotlib: loaded only when a report is wanted
 
         stats: Any = FleetStats()  # report aggregates only: bounded by stores and days, not by rows
-    partitions: list[dict[str, Any]] = []
+    partitions: list[Partition] = []
     rows_by_store: dict[str, dict[str, int]] = {}
     for manifest in ordered:
         batch = manifest["batch"]
@@ -144,76 +145,28 @@ def aggregate_run(
             rows_by_store.setdefault(server, {})[store] = count
         log.info("%s: %d rows", name, len(unique))
     removed = remove_stale_outputs(folder, len(ordered))
-    run_manifest = _run_manifest(
-        ordered, partitions, rows_by_store, ds, style, params, removed, anchor_source
+    published = run_manifest(
+        ordered,
+        partitions,
+        rows_by_store,
+        ds=ds,
+        anchor_source=anchor_source,
+        header_style=style,
+        columns=columns_for(style),
+        params=params,
+        removed_files=removed,
     )
     if report:
         from esl_operators.report import publish_report
 
-        publish_report(folder, stats, run_manifest)  # before the manifest, which marks the run published
-    run_manifest["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
-    write_json_atomic(folder / MANIFEST_NAME, run_manifest)
+        publish_report(folder, stats, published)  # before the manifest, which marks the run published
+    published["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
+    write_json_atomic(folder / MANIFEST_NAME, published)
     write_text_atomic(folder / SUCCESS_NAME, "")
     return {
         "date": ds,
-        "rows": run_manifest["rows"],
+        "rows": published["rows"],
         "partitions": {p["file"]: p["rows"] for p in partitions},
-        "errors": len(run_manifest["errors"]),
+        "errors": len(published["errors"]),
         "manifest": str(folder / MANIFEST_NAME),
-    }
-
-
-def _run_manifest(
-    batches: Sequence[Mapping[str, Any]],
-    partitions: list[dict[str, Any]],
-    rows_by_store: dict[str, dict[str, int]],
-    ds: str,
-    style: str,
-    params: Mapping[str, Any] | None,
-    removed_files: list[str],
-    anchor_source: str,
-) -> dict[str, Any]:
-    servers = {name: info for m in batches for name, info in m["servers"].items()}
-    stores = [s for info in servers.values() for s in info["stores"].values()]
-    blanked: dict[str, int] = {}
-    for store in stores:
-        for field, count in store.get("blanked_fields", {}).items():
-            blanked[field] = blanked.get(field, 0) + count
-    return {
-        "date": ds,
-        "anchor": batches[0]["anchor"] if batches else None,
-        "anchor_source": anchor_source,
-        "heartbeat_cutoff": batches[0]["heartbeat_cutoff"] if batches else None,
-        "header_style": style,
-        "columns": list(columns_for(style)),  # type: ignore[arg-type]
-        "rows": sum(p["rows"] for p in partitions),
-        "partitions": partitions,
-        "rows_by_server": {name: sum(rows_by_store.get(name, {}).values()) for name in servers},
-        "rows_by_store": {name: rows_by_store.get(name, {}) for name in servers},
-        "capped_stores": [c for m in batches for c in m["capped_stores"]],
-        "errors": [e for m in batches for e in m["errors"]],
-        "stale_labels": sum(s["stale"] for s in stores),
-        "invalid_records": {
-            "count": sum(s["invalid"] for s in stores),
-            "listed": [
-                {"server": name, **r} for name, info in servers.items() for r in info["invalid_records"]
-            ],
-        },
-        "removed_labels": {
-            "count": sum(s.get("removed", 0) for s in stores),
-            "listed": [
-                {"server": name, **r} for name, info in servers.items() for r in info.get("removed_ids", [])
-            ],
-        },
-        "blanked_fields": dict(sorted(blanked.items())),
-        "duplicates_dropped": sum(p["dropped_duplicate_rows"] for p in partitions),
-        "failed_store_rows_dropped": sum(p["dropped_failed_store_rows"] for p in partitions),
-        "retries": sum(info.get("retries", 0) for info in servers.values()),
-        "removed_stale_files": removed_files,
-        "params": dict(params or {}),
-        "durations_s": {
-            "batches": {str(m["batch"]): m["duration_s"] for m in batches},
-            "servers": {name: info["duration_s"] for name, info in servers.items()},
-        },
-        "servers": servers,
     }

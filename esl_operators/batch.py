@@ -9,44 +9,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from esl_operators.client import ServerTarget
-from esl_operators.engine import FetchSettings, ServerResult, fetch_servers
+from esl_operators.engine import FetchSettings, fetch_servers
+from esl_operators.manifest import BatchManifest, batch_manifest
 from esl_operators.storage import PartWriter, PathLike, part_path, write_json_atomic
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def batch_manifest(
-    results: Sequence[ServerResult],
-    *,
-    batch: int,
-    part: str,
-    anchor: datetime,
-    cutoff_ms: int,
-    duration_s: float,
-) -> dict[str, Any]:
-    return {
-        "batch": batch,
-        "part": part,
-        "rows": sum(r.rows for r in results),
-        "anchor": _iso(anchor),
-        "heartbeat_cutoff": _iso(datetime.fromtimestamp(cutoff_ms / 1000, tz=UTC)),
-        "duration_s": round(duration_s, 3),
-        "servers": {r.server: r.to_manifest() for r in results},
-        "capped_stores": [
-            {"server": r.server, "store": s.store} for r in results for s in r.stores if s.capped
-        ],
-        "errors": [e for r in results for e in r.errors()],
-        "invalid_records": sum(s.invalid for r in results for s in r.stores),
-    }
-
-
-def error_summary(manifest: dict[str, Any], limit: int = 5) -> str:
+def error_summary(manifest: BatchManifest, limit: int = 5) -> str:
     """One line per failure, for the exception that fails the task."""
     errors = manifest["errors"]
     lines = [e["error"] for e in errors[:limit]]  # each already names its server, store and id
@@ -64,7 +35,7 @@ def run_batches(
     anchor: datetime,
     max_threads: int,
     first_batch: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[BatchManifest]:
     """Fetch batches into ``_parts/batch-{i}.arrow`` (one pool of ``max_threads`` for all servers)
     and write each batch's manifest; return the manifests in batch order.
 
@@ -106,7 +77,7 @@ def run_batch(
     batch: int,
     anchor: datetime,
     max_threads: int,
-) -> dict[str, Any]:
+) -> BatchManifest:
     """One batch (what one mapped fetch task does); see :func:`run_batches`."""
     [manifest] = run_batches(
         [targets],

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import random
-import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,8 +28,9 @@ from esl_operators.exceptions import (
     RetryableError,
 )
 from esl_operators.limiter import AdaptiveLimiter
-from esl_operators.redaction import redact_url
+from esl_operators.redaction import redact_url, redact_url_text
 from esl_operators.retry import RetryPolicy, parse_retry_after
+from esl_operators.settings import default
 
 DEFAULT_STORE = "default"
 # Answers that mean "too much at once": the adaptive limiter backs off on these (and on timeouts).
@@ -47,9 +47,9 @@ class TransportSettings:
     :param max_body_bytes: a larger response is refused (memory safety on small workers).
     """
 
-    timeout_s: float = 60.0
-    connect_timeout_s: float = 10.0
-    max_body_bytes: int = 32 * 1024 * 1024
+    timeout_s: float = float(default("request_timeout_s"))
+    connect_timeout_s: float = float(default("connect_timeout_s"))
+    max_body_bytes: int = int(default("max_body_mb") * 1024 * 1024)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -182,7 +182,7 @@ class EslClient:
         for attempt in range(1, policy.attempts + 1):
             try:
                 return await self._attempt(path, what)
-            except (RetryableError, EnvelopeError) as exc:
+            except RetryableError as exc:  # the exception tree decides what is retried (exceptions.py)
                 if attempt == policy.attempts:
                     raise EslApiError(
                         self.server,
@@ -190,8 +190,7 @@ class EslClient:
                         f"{exc.reason} (gave up after {attempt} attempts)",
                         status=exc.status,
                     ) from None
-                retry_after = exc.retry_after_s if isinstance(exc, RetryableError) else None
-                delay = policy.delay_s(attempt, retry_after, self._rng)
+                delay = policy.delay_s(attempt, exc.retry_after_s, self._rng)
                 log.debug("%s: %s: %s; retry %d in %.2fs", self.server, what, exc.reason, attempt, delay)
                 self.retries += 1
                 await asyncio.sleep(delay)
@@ -286,14 +285,6 @@ class EslClient:
 
     async def get_detail(self, esl_id: str) -> Any:
         return await self.get_data(f"/api3/esls/{segment(esl_id)}", f"ESL {esl_id!r}")
-
-
-def redact_url_text(text: str) -> str:
-    """Redact any URL inside an error text (aiohttp puts the request URL in some messages)."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-
-
-_URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+")
 
 
 def _snippet(body: bytes, limit: int = 120) -> str:

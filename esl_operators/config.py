@@ -1,18 +1,21 @@
-"""Where run settings come from: DAG params first, then Airflow Variables, then defaults.
+"""Where a run's inputs come from: DAG params first, then Airflow Variables, then defaults.
 
-One function per setting, called at run time by tasks (never at DAG-parse time).
+The settings themselves (types, defaults, bounds) are the table in :mod:`esl_operators.settings`; this
+module resolves what the table cannot know: the server list, the output root, the run's anchor and the
+Airflow limits a plan must respect. Called at run time by tasks (never at DAG-parse time), except
+:func:`fetch_pool`, which reads only the environment; no files are touched here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from esl_operators.exceptions import ConfigError
-from esl_operators.storage import SUCCESS_NAME, as_local_root, run_dir
+from esl_operators.settings import parse_server_list
+from esl_operators.storage import as_local_root
 
 SERVERS_VARIABLE = "esl_servers"
 OUTPUT_ROOT_VARIABLE = "esl_output_root"
@@ -34,26 +37,12 @@ DEFAULT_MAX_MAP_LENGTH = 1024
 
 
 def fetch_pool() -> str:
-    """The pool of the fetch tasks: ``$ESL_EXPORT_POOL``, else ``default_pool`` (parse time, no database)."""
+    """The pool of the fetch tasks: ``$ESL_EXPORT_POOL``, else ``default_pool``.
+
+    The one setting read at DAG-parse time (where the dag-processor runs): from the environment only,
+    never the database.
+    """
     return os.environ.get(POOL_ENV, "").strip() or DEFAULT_POOL
-
-
-def parse_server_list(value: Any, source: str) -> list[str]:
-    """A list of connection ids: JSON text or a list, non-empty strings, no duplicates."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source} is not valid JSON: {exc}") from None
-    if not isinstance(value, list):
-        raise ConfigError(f"{source} must be a JSON list of connection ids, got {type(value).__name__}")
-    for item in value:
-        if not isinstance(item, str) or not item.strip():
-            raise ConfigError(f"{source} holds {item!r}, which is not a connection id")
-    duplicates = sorted({item for item in value if value.count(item) > 1})
-    if duplicates:
-        raise ConfigError(f"{source} lists {duplicates} more than once")
-    return list(value)
 
 
 def resolve_servers(param_value: Any) -> list[str]:
@@ -97,24 +86,6 @@ def check_map_length(servers: int, servers_per_batch: int, limit: int) -> None:
         f"{needed}, or raise max_map_length (AIRFLOW__CORE__MAX_MAP_LENGTH) on the scheduler, "
         "API server and workers"
     )
-
-
-def plan_run(
-    params: Mapping[str, Any], context: Mapping[str, Any], *, map_limit: int | None = None
-) -> list[list[str]]:
-    """First task of a run: the batches to fetch; the date's ``_SUCCESS`` is withdrawn until the end.
-
-    Fails before anything is written when the batches would exceed ``map_limit`` (default: Airflow's
-    ``[core] max_map_length``), which Airflow would otherwise reject with a terse message.
-    """
-    servers = resolve_servers(params.get("servers"))
-    per_batch = int(params["servers_per_batch"])
-    batches = split_batches(servers, per_batch)
-    check_map_length(len(servers), per_batch, max_map_length() if map_limit is None else map_limit)
-    _, ds = run_anchor(context)
-    folder = run_dir(resolve_output_root(params.get("output_root")), ds)
-    (folder / SUCCESS_NAME).unlink(missing_ok=True)
-    return batches
 
 
 def resolve_output_root(param_value: str | None) -> Any:

@@ -9,21 +9,18 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from esl_operators.exceptions import ConfigError
+from esl_operators.records import PART_COLUMNS
+from esl_operators.settings import HeaderStyle, setting
 
 if TYPE_CHECKING:
     import pandas as pd  # only for callers holding pandas frames; the hot path is Arrow
-from esl_operators.records import PART_COLUMNS
-
-HeaderStyle = Literal["standard", "legacy"]
-HEADER_STYLES: tuple[HeaderStyle, ...] = ("standard", "legacy")
 
 STANDARD_COLUMNS = (
     "esl_id",
@@ -93,14 +90,9 @@ _UTC = ZoneInfo("UTC")
 
 
 def check_style(header_style: str, timezone: str) -> tuple[HeaderStyle, ZoneInfo]:
-    """Validate the two formatting params early, with a message naming the bad value."""
-    if header_style not in HEADER_STYLES:
-        raise ConfigError(f"header_style must be one of {HEADER_STYLES}, got {header_style!r}")
-    try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"timezone {timezone!r} is not a known IANA time zone") from exc
-    return header_style, zone  # type: ignore[return-value]
+    """Validate the two formatting settings early (the table's rules), with a message naming the value."""
+    style: HeaderStyle = "legacy" if setting("header_style").parse(header_style) == "legacy" else "standard"
+    return style, ZoneInfo(setting("timezone").parse(timezone))
 
 
 def columns_for(header_style: HeaderStyle) -> tuple[str, ...]:

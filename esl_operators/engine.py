@@ -20,12 +20,14 @@ from typing import Any, Protocol
 import aiohttp
 
 from esl_operators.client import EslClient, ServerTarget, TransportSettings
-from esl_operators.exceptions import AuthError, EslApiError, NotFoundError, RecordError
+from esl_operators.exceptions import AuthError, ConfigError, EslApiError, NotFoundError, RecordError
 from esl_operators.limiter import AdaptiveLimiter
-from esl_operators.pagination import DEFAULT_MAX_PAGES, iter_pages
+from esl_operators.manifest import ErrorEntry, ServerManifest, server_manifest
+from esl_operators.pagination import iter_pages
 from esl_operators.progress import Progress
 from esl_operators.records import DAY_MS, esl_id_of, last_heartbeat_ms, to_part_row
 from esl_operators.retry import RetryPolicy
+from esl_operators.settings import default, for_task, resolve
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,14 @@ def _default_max_valid_ms() -> int:
 
 @dataclass(frozen=True)
 class FetchSettings:
+    """What the engine needs of a run's settings; built by :func:`make_settings` from the table."""
+
     cutoff_ms: int
-    max_concurrency: int = 4
-    max_records_per_store: int = 50_000
-    max_pages: int = DEFAULT_MAX_PAGES
-    adaptive_concurrency: bool = True
-    progress_interval_s: float = 5.0
+    max_concurrency: int = default("max_concurrency")
+    max_records_per_store: int = default("max_records_per_store")
+    max_pages: int = default("max_pages")
+    adaptive_concurrency: bool = default("adaptive_concurrency")
+    progress_interval_s: float = default("progress_interval_s")
     transport: TransportSettings = field(default_factory=TransportSettings)
     max_valid_ms: int = field(default_factory=_default_max_valid_ms)
 
@@ -64,34 +68,27 @@ class FetchSettings:
             raise ValueError(f"max_pages must be >= 1, got {self.max_pages}")
 
 
-def make_settings(
-    *,
-    cutoff_ms: int,
-    max_concurrency: int = 4,
-    max_records_per_store: int = 50_000,
-    max_pages: int = DEFAULT_MAX_PAGES,
-    request_timeout_s: float = 60.0,
-    connect_timeout_s: float = 10.0,
-    retry_attempts: int = 5,
-    retry_max_delay_s: float = 30.0,
-    max_body_mb: float = 32.0,
-    adaptive_concurrency: bool = True,
-    progress_interval_s: float = 5.0,
-) -> FetchSettings:
-    """Settings from the flat options the operator and the command line expose (same defaults)."""
+def make_settings(*, cutoff_ms: int, **options: Any) -> FetchSettings:
+    """Engine settings from the fetch task's options (``settings.for_task("fetch")``), each checked
+    against the table; a missing one takes the table's default. Unknown names are refused.
+    """
+    unknown = sorted(set(options) - {s.name for s in for_task("fetch")})
+    if unknown:
+        raise ConfigError(f"unknown fetch settings {unknown}")
+    values = resolve(options, for_task("fetch"), lambda s: s.name)
     transport = TransportSettings(
-        timeout_s=float(request_timeout_s),
-        connect_timeout_s=float(connect_timeout_s),
-        max_body_bytes=int(float(max_body_mb) * 1024 * 1024),
-        retry=RetryPolicy(attempts=int(retry_attempts), max_delay_s=float(retry_max_delay_s)),
+        timeout_s=values["request_timeout_s"],
+        connect_timeout_s=values["connect_timeout_s"],
+        max_body_bytes=int(values["max_body_mb"] * 1024 * 1024),
+        retry=RetryPolicy(attempts=values["retry_attempts"], max_delay_s=values["retry_max_delay_s"]),
     )
     return FetchSettings(
         cutoff_ms=cutoff_ms,
-        max_concurrency=int(max_concurrency),
-        max_records_per_store=int(max_records_per_store),
-        max_pages=int(max_pages),
-        adaptive_concurrency=bool(adaptive_concurrency),
-        progress_interval_s=progress_interval_s,
+        max_concurrency=values["max_concurrency"],
+        max_records_per_store=values["max_records_per_store"],
+        max_pages=values["max_pages"],
+        adaptive_concurrency=values["adaptive_concurrency"],
+        progress_interval_s=values["progress_interval_s"],
         transport=transport,
     )
 
@@ -140,37 +137,15 @@ class ServerResult:
     def rows(self) -> int:
         return sum(s.rows for s in self.stores)
 
-    def errors(self) -> list[dict[str, str]]:
-        found = [{"server": self.server, "store": "", "error": self.error}] if self.error else []
+    def errors(self) -> list[ErrorEntry]:
+        found: list[ErrorEntry] = []
+        if self.error:
+            found.append({"server": self.server, "store": "", "error": self.error})
         found += [{"server": self.server, "store": s.store, "error": s.error} for s in self.stores if s.error]
         return found
 
-    def to_manifest(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "duration_s": round(self.duration_s, 3),
-            "requests": self.requests,
-            "retries": self.retries,
-            "concurrency": {"final": self.concurrency, "changes": self.concurrency_changes},
-            "error": self.error,
-            "stores": {
-                s.store: {
-                    "rows": s.rows,
-                    "seen": s.seen,
-                    "stale": s.stale,
-                    "invalid": s.invalid,
-                    "removed": s.removed,
-                    "blanked_fields": dict(sorted(s.blanked_fields.items())),
-                    "capped": s.capped,
-                    "error": s.error,
-                }
-                for s in self.stores
-            },
-            "invalid_records": [
-                {"store": s.store, **sample} for s in self.stores for sample in s.invalid_samples
-            ],
-            "removed_ids": [{"store": s.store, "esl_id": i} for s in self.stores for i in s.removed_ids],
-        }
+    def to_manifest(self) -> ServerManifest:
+        return server_manifest(self)
 
 
 _REMOVED = object()  # marks a detail that answered 404: the label left between listing and detail

@@ -1,7 +1,19 @@
-"""Typed errors raised while talking to ESL-Working servers.
+"""Every error this package raises on purpose, in one tree.
 
 Every error names the server (connection id or redacted URL) and, where it applies, the store or ESL id,
-so an operator reading a task log knows exactly what failed without a stack trace.
+so an operator reading a task log knows exactly what failed without a stack trace::
+
+    EslError                     anything raised on purpose
+    ├── ConfigError              a setting, Variable, connection or command-line value is unusable
+    ├── RecordError              one ESL detail cannot become a row (the label is counted as invalid)
+    └── EslApiError              a request failed for good: bad status, bad body, body too large
+        ├── RetryableError       worth another try: transport errors, timeouts, 5xx, 429, broken JSON
+        │   └── EnvelopeError    HTTP 200 with a non-zero ``status_no``/``error_code`` (a busy server)
+        ├── AuthError            401/403: never retried, fails the whole server
+        └── NotFoundError        404: for a detail, the label was removed since it was listed
+
+Whether a failure is retried is decided by its class alone: :class:`RetryableError` and its subclasses
+are, nothing else is (``EslClient.get_data``).
 """
 
 from __future__ import annotations
@@ -11,19 +23,8 @@ class EslError(Exception):
     """Base class for everything this package raises on purpose."""
 
 
-class EslApiError(EslError):
-    """A request failed: transport error, bad HTTP status, bad body or an error envelope."""
-
-    def __init__(self, server: str, what: str, reason: str, *, status: int | None = None) -> None:
-        self.server = server
-        self.what = what
-        self.reason = reason
-        self.status = status
-        super().__init__(f"{server}: {what}: {reason}")
-
-
-class EnvelopeError(EslApiError):
-    """The server answered with a non-zero ``status_no`` or ``error_code``."""
+class ConfigError(EslError):
+    """A parameter, Variable, connection or option is unusable."""
 
 
 class RecordError(EslError):
@@ -35,8 +36,15 @@ class RecordError(EslError):
         super().__init__(f"ESL {esl_id!r}: {reason}")
 
 
-class ConfigError(EslError):
-    """A parameter, Variable or connection is unusable."""
+class EslApiError(EslError):
+    """A request failed: transport error, bad HTTP status, bad body or an error envelope."""
+
+    def __init__(self, server: str, what: str, reason: str, *, status: int | None = None) -> None:
+        self.server = server
+        self.what = what
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{server}: {what}: {reason}")
 
 
 class RetryableError(EslApiError):
@@ -53,6 +61,10 @@ class RetryableError(EslApiError):
     ) -> None:
         super().__init__(server, what, reason, status=status)
         self.retry_after_s = retry_after_s
+
+
+class EnvelopeError(RetryableError):
+    """The server answered with a non-zero ``status_no`` or ``error_code`` (busy builds do, then recover)."""
 
 
 class AuthError(EslApiError):

@@ -21,6 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 
 from esl_operators.client import ServerTarget
 from esl_operators.exceptions import ConfigError
+from esl_operators.settings import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ IGNORED_EXTRAS = (
     "check_response",
     "srv_lookup",
 )
-_FALSE = ("false", "0", "no", "off")
-_BOOLEAN = ("true", "1", "yes", "on", *_FALSE)
 
 
 class MissingConnectionError(AirflowFailException, ConfigError):
@@ -77,6 +76,16 @@ def _base_url(conn: Any) -> str:
     return f"{base}:{conn.port}" if conn.port else base
 
 
+def _verify(conn_id: str, value: Any) -> tuple[bool, str | None]:
+    """Extra "verify" (requests' convention, also "verify_ssl"): a boolean, or the path of a CA bundle."""
+    try:
+        return parse_bool(value, f"connection {conn_id!r}: extra 'verify'"), None
+    except ConfigError:
+        if isinstance(value, str) and value.strip():
+            return True, value
+        raise
+
+
 def target_from_connection(conn_id: str, conn: Any) -> ServerTarget:
     """One connection (anything with the fields of Airflow's ``Connection``) as a server target."""
     extra: Mapping[str, Any] = conn.extra_dejson
@@ -88,9 +97,7 @@ def target_from_connection(conn_id: str, conn: Any) -> ServerTarget:
         log.warning("connection %r: extra %s not applied by esl-export, ignored", conn_id, ignored)
     # Headers must be strings on the wire.
     headers = {str(k): str(v) for k, v in extra.items() if k not in options and k not in IGNORED_EXTRAS}
-    # "verify" (requests' convention, also "verify_ssl"): a boolean, or the path of a CA bundle.
-    verify = next((options[k] for k in VERIFY_EXTRAS if k in options), True)
-    is_path = isinstance(verify, str) and verify.lower() not in _BOOLEAN
+    verify_ssl, ca_bundle = _verify(conn_id, next((options[k] for k in VERIFY_EXTRAS if k in options), True))
     auth = aiohttp.BasicAuth(conn.login, conn.password or "") if conn.login else None
     try:
         return ServerTarget(
@@ -98,8 +105,8 @@ def target_from_connection(conn_id: str, conn: Any) -> ServerTarget:
             base_url=_base_url(conn),
             headers=headers,
             auth=auth,
-            verify_ssl=is_path or str(verify).lower() not in _FALSE,
-            ca_bundle=verify if is_path else None,
+            verify_ssl=verify_ssl,
+            ca_bundle=ca_bundle,
             timeout_s=_seconds(conn_id, "timeout", options.get("timeout")),
             connect_timeout_s=_seconds(conn_id, "connect_timeout", options.get("connect_timeout")),
         )

@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator
 
 from esl_operators.client import EslClient, Page
 from esl_operators.exceptions import EslApiError
-
-DEFAULT_MAX_PAGES = 10_000
+from esl_operators.settings import default
 
 
 async def iter_pages(
-    client: EslClient, store: str, *, max_pages: int = DEFAULT_MAX_PAGES
+    client: EslClient, store: str, *, max_pages: int = default("max_pages")
 ) -> AsyncIterator[Page]:
     """Yield page 1, then pages 2..``total_page`` as announced by page 1."""
     page = await client.get_page(store, 1)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from esl_operators.settings import default
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -22,9 +24,9 @@ class RetryPolicy:
     :param max_retry_after_s: cap of a server's ``Retry-After``, so one header cannot stall a run.
     """
 
-    attempts: int = 5
+    attempts: int = default("retry_attempts")
     base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
+    max_delay_s: float = float(default("retry_max_delay_s"))
     max_retry_after_s: float = 60.0
 
     def __post_init__(self) -> None:

@@ -67,6 +67,11 @@ def run_dir(output_root: PathLike, ds: str) -> Any:
 PART_SUFFIX = ".arrow"
 
 
+def withdraw_success(output_root: PathLike, ds: str) -> None:
+    """Remove the date's ``_SUCCESS``: readers must not trust the folder while a run rewrites it."""
+    (run_dir(output_root, ds) / SUCCESS_NAME).unlink(missing_ok=True)
+
+
 def part_path(output_root: PathLike, ds: str, batch: int) -> Any:
     return run_dir(output_root, ds) / PARTS_DIR / f"batch-{int(batch)}{PART_SUFFIX}"
 

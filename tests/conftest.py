@@ -1,7 +1,8 @@
-"""Test setup: a private Airflow home on SQLite, and a tiny simulated fleet on loopback.
+"""Test setup: a private Airflow home on SQLite, and the shared fixtures (a tiny simulated fleet on
+loopback, a refused port, the migrated metadata database).
 
 The environment is set at import time, before anything imports Airflow, so no test ever touches a
-real ``~/airflow``.
+real ``~/airflow``. Constants and helpers are in ``support.py``; this file holds fixtures only.
 """
 
 from __future__ import annotations
@@ -10,22 +11,21 @@ import atexit
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 _HOME = tempfile.mkdtemp(prefix="esl-airflow-home-")
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.update(
     {
         "AIRFLOW_HOME": _HOME,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[1] / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         # A throwaway key of the recommended length, so JWT signing in the plugin tests does not warn.
@@ -35,10 +35,11 @@ os.environ.update(
 for _name in [k for k in os.environ if k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))]:
     del os.environ[_name]
 
-from esl_operators.simulator import Fleet, SimulatorThread, build_fleet  # noqa: E402
+# Helpers with plain asserts get pytest's assertion messages too.
+pytest.register_assert_rewrite("tests.support")
 
-ANCHOR = datetime(2024, 5, 10, tzinfo=UTC)
-ANCHOR_MS = 1_715_299_200_000
+from esl_operators.simulator import Fleet, SimulatorThread, build_fleet  # noqa: E402
+from tests.support import ANCHOR_MS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +65,11 @@ def small_fleet() -> Fleet:
 def simulator(small_fleet: Fleet) -> Iterator[SimulatorThread]:
     with SimulatorThread(small_fleet) as sim:
         yield sim
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that is bound but not listening: connecting is refused, and nobody can take it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]

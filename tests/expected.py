@@ -5,14 +5,11 @@ Deliberately written without the package's record code, so a bug there cannot hi
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from esl_operators.client import TransportSettings
-from esl_operators.retry import RetryPolicy
-from esl_operators.simulator import Fleet
+if TYPE_CHECKING:
+    from esl_operators.simulator import Fleet
 
 FAMILIES = ["stellarPro", "TI-CC2640", "Telink-8258", "nebular"]
 
@@ -59,20 +56,3 @@ def expected_partition(fleet: Fleet, servers: dict[int, str], cutoff_ms: int) ->
         if d["last_hb_time"] >= cutoff_ms
     ]
     return sorted(rows, key=lambda r: (float(r[17]), r[0], r[2], r[1]))
-
-
-def fast_transport(attempts: int = 3) -> TransportSettings:
-    """Real retries with tiny backoffs, so fault tests take milliseconds, not seconds."""
-    return TransportSettings(
-        timeout_s=10.0,
-        connect_timeout_s=5.0,
-        retry=RetryPolicy(attempts=attempts, base_delay_s=0.01, max_delay_s=0.05, max_retry_after_s=0.05),
-    )
-
-
-def connection_env(names: Sequence[str], ports: Sequence[int]) -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` variables pointing each connection id at a simulated server on loopback."""
-    return {
-        f"AIRFLOW_CONN_{name.upper()}": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port})
-        for name, port in zip(names, ports, strict=True)
-    }

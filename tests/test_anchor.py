@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from esl_operators import cli
 from esl_operators.config import ANCHOR_SOURCES, anchor_of, run_anchor
 from esl_operators.exceptions import ConfigError
+from esl_operators.simulator import SimulatorThread
 
 D = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
 TRIGGERED = dt.datetime(2026, 12, 1, 18, 49, 21, tzinfo=dt.UTC)
@@ -48,3 +52,12 @@ def test_a_run_with_nothing_to_anchor_on_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         anchor_of(_context(logical_date=None, data_interval_end=None))
     assert str(caught.value) == "the run has no logical_date, data_interval_end or run_after to anchor on"
+
+
+def test_the_standalone_command_records_its_date_as_the_anchor(
+    simulator: SimulatorThread, tmp_path: Path
+) -> None:
+    code = cli.main(["fetch", "--server", simulator.urls[0], "--date", "2024-05-10", "--out", str(tmp_path)])
+    assert code == 0
+    manifest = json.loads((tmp_path / "2024-05-10" / "_manifest.json").read_text(encoding="utf-8"))
+    assert (manifest["anchor"], manifest["anchor_source"]) == ("2024-05-10T00:00:00Z", "date")

@@ -33,22 +33,24 @@ from aiohttp import web
 from esl_operators.aggregate import AggregateError, aggregate_run
 from esl_operators.batch import run_batch
 from esl_operators.client import ServerTarget
-from esl_operators.engine import FetchSettings, ServerResult, StoreResult, fetch_servers
+from esl_operators.engine import ServerResult, StoreResult, fetch_servers
 from esl_operators.exceptions import RecordError
 from esl_operators.records import MAX_EPOCH_MS, PART_COLUMNS, to_part_row
 from esl_operators.storage import PartWriter, read_part
-from tests.conftest import ANCHOR, ANCHOR_MS
-from tests.expected import fast_transport
+from tests.support import (
+    ANCHOR,
+    ANCHOR_MS,
+    BASIC_AUTH_WARNINGS,
+    CUTOFF_MS,
+    DAY_MS,
+    DS,
+    ListSink,
+    fast_transport,
+    fetch_settings,
+)
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    # aiohttp 3.14 deprecates BasicAuth, which the package (and Airflow's http hook) still hand out.
-    pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning"),
-]
+pytestmark = [pytest.mark.timeout(60), *BASIC_AUTH_WARNINGS]
 
-DAY_MS = 86_400_000
-CUTOFF_MS = ANCHOR_MS - 7 * DAY_MS
 FRESH = ANCHOR_MS - DAY_MS
 STALE = CUTOFF_MS - DAY_MS
 CREATED = FRESH - 30 * DAY_MS  # 30 whole days before the heartbeat: frequency = 30 / 30 = 1.0
@@ -57,7 +59,6 @@ PAGE_SIZE = 2
 ATTEMPTS = 3  # fast_transport(): 3 tries per request
 SERVER = "srv"
 PASSWORD = "s3cret-pw"
-DS = "2024-05-10"
 COL = {name: index for index, name in enumerate(PART_COLUMNS)}
 DROP = object()  # in a detail override: remove the field
 
@@ -270,35 +271,6 @@ class FixtureServer:
 def server() -> Iterator[FixtureServer]:
     with FixtureServer() as running:
         yield running
-
-
-class ListSink:
-    """A RowSink collecting rows in memory (written to from the worker thread)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, ...]] = []
-        self._lock = threading.Lock()
-
-    def write_rows(self, rows: Any) -> None:
-        with self._lock:
-            self.rows.extend(tuple(row) for row in rows)
-
-    def by_store(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        for row in self.rows:
-            found.setdefault(row[COL["store"]], []).append(row[COL["esl_id"]])
-        return found
-
-
-def make_settings(**overrides: Any) -> FetchSettings:
-    values: dict[str, Any] = {
-        "cutoff_ms": CUTOFF_MS,
-        "max_concurrency": 4,
-        "progress_interval_s": 60.0,
-        "transport": fast_transport(ATTEMPTS),
-    }
-    values.update(overrides)
-    return FetchSettings(**values)
 
 
 def target(url: str) -> ServerTarget:
@@ -545,7 +517,7 @@ def test_catalogue_ids_are_unique_and_large_enough() -> None:
 def test_malformed_response(server: FixtureServer, case: Case) -> None:
     server.reset(case.override)
     sink = ListSink()
-    [result] = fetch_servers([target(server.url)], make_settings(**case.settings), sink, max_threads=1)
+    [result] = fetch_servers([target(server.url)], fetch_settings(**case.settings), sink, max_threads=1)
     expect = case.expect
 
     assert result.error == expect.error
@@ -660,7 +632,7 @@ def test_record_without_a_trustworthy_heartbeat_is_rejected(changes: dict[str, A
 def fetch_batch(server: FixtureServer, root: Path, script: Mapping[str, Script]) -> dict[str, Any]:
     server.reset(script)
     return run_batch(
-        [target(server.url)], make_settings(), output_root=root, ds=DS, batch=0, anchor=ANCHOR, max_threads=1
+        [target(server.url)], fetch_settings(), output_root=root, ds=DS, batch=0, anchor=ANCHOR, max_threads=1
     )
 
 
@@ -794,7 +766,7 @@ def test_fixture_is_fault_free(server: FixtureServer) -> None:
     """The baseline every case deviates from: 4 rows, 9 requests, no retries."""
     server.reset({})
     sink = ListSink()
-    [result] = fetch_servers([target(server.url)], make_settings(), sink, max_threads=1)
+    [result] = fetch_servers([target(server.url)], fetch_settings(), sink, max_threads=1)
     assert isinstance(result, ServerResult)
     assert (result.error, result.stores, result.retries, result.requests) == (
         None,

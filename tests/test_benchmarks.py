@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from benchmarks.harness import FleetSpec, Measurement, count_rows
-from benchmarks.run import floor_row
+from benchmarks.network import floor_row
 from benchmarks.tables import Row, markdown_table
 
 pytestmark = pytest.mark.timeout(180)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -21,24 +20,15 @@ from esl_operators.exceptions import EnvelopeError, EslApiError
 from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.pagination import iter_pages
 from esl_operators.simulator import DEFAULT_STORE, Fleet, SimulatorThread, envelope
-from tests.expected import fast_transport
+from tests.support import BASIC_AUTH_WARNINGS, fast_transport, serve, sim_target
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    # aiohttp 3.14 deprecates BasicAuth, which the package (and Airflow's http hook) still hand out.
-    pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning"),
-]
+pytestmark = [pytest.mark.timeout(60), *BASIC_AUTH_WARNINGS]
 
 T = TypeVar("T")
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 FAST = fast_transport()
 # No store in any test has more pages than this: a pagination loop that never ends fails instead.
 MAX_PAGES = 50
-
-
-def sim_target(sim: SimulatorThread, index: int) -> ServerTarget:
-    return ServerTarget(name=f"esl_sim_{index}", base_url=sim.urls[index])
 
 
 def with_client(target: ServerTarget, work: Callable[[EslClient], Awaitable[T]], *, limit: int = 4) -> T:
@@ -278,14 +268,6 @@ def test_unwrap_malformed_payload_raises_api_error(payload: Any, message: str) -
 # --- transport failures --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def refused_port() -> Iterator[int]:
-    """A loopback port that is bound but not listening: connecting is refused, and nobody can take it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("credentials_in_url", [False, True])
 def test_refused_connection_names_server_and_hides_credentials(
     refused_port: int, credentials_in_url: bool
@@ -338,19 +320,6 @@ async def hostile_page(request: web.Request) -> web.StreamResponse:
         "data-list": [],
     }[store]
     return web.json_response(envelope(1, data))
-
-
-@contextlib.asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on a free loopback port in the running loop; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 def hostile_app() -> web.Application:

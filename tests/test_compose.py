@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from esl_operators.config import OUTPUT_ROOT_VARIABLE, POOL_ENV, SERVERS_VARIABLE
-from tests.conftest import REPO
+from tests.support import REPO
 
 COMPOSE = REPO / "docker-compose.yaml"
 AIRFLOW_SERVICES = {

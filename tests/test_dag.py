@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -12,36 +10,12 @@ import pytest
 
 from esl_operators.csvformat import LEGACY_COLUMNS, STANDARD_COLUMNS
 from esl_operators.simulator import Fleet, SimulatorThread
-from tests.conftest import ANCHOR, ANCHOR_MS, REPO
-from tests.expected import connection_env, expected_partition
-
-DAY_MS = 86_400_000
-
-
-def _load_dag():  # type: ignore[no-untyped-def]
-    """Parse the DAG folder the way the dag-processor does, with the network cut off."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"network access while parsing DAGs: {args}")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", no_network)
-        patch.setattr(socket, "create_connection", no_network)
-        bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert bag.import_errors == {}
-    return bag.dags["esl_export"]
-
-
-def _without_retries(dag):  # type: ignore[no-untyped-def]
-    """dag.test() honours retry delays; a failing test should fail now, not in minutes."""
-    for task in dag.tasks:
-        task.retries = 0
-    return dag
+from tests.expected import expected_partition
+from tests.support import ANCHOR, ANCHOR_MS, CUTOFF_MS, DAY_MS, connect, csv_rows, load_dag, without_retries
 
 
 def test_dag_parses_without_network_or_variables() -> None:
-    dag = _load_dag()
+    dag = load_dag()
     assert dag is not None
     assert {t.task_id for t in dag.tasks} == {"plan_batches", "fetch", "aggregate"}
     assert dag.catchup is False
@@ -60,6 +34,10 @@ def test_dag_parses_without_network_or_variables() -> None:
         "request_timeout_s": 60,
         "connect_timeout_s": 10,
         "retry_attempts": 5,
+        "retry_max_delay_s": 30,
+        "max_pages": 10_000,
+        "max_body_mb": 32,
+        "progress_interval_s": 5,
         "output_root": None,
         "header_style": "standard",
         "timezone": "UTC",
@@ -69,22 +47,8 @@ def test_dag_parses_without_network_or_variables() -> None:
         assert param.description, name
 
 
-def _connect(monkeypatch: pytest.MonkeyPatch, sim: SimulatorThread, out: Path) -> list[str]:
-    names = [f"esl_sim_{i}" for i in range(len(sim.ports))]
-    for key, value in connection_env(names, sim.ports).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AIRFLOW_VAR_ESL_SERVERS", json.dumps(names))
-    monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", str(out))
-    return names
-
-
 def _shanghai(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000 + 8 * 3600))
-
-
-def _read(path: Path) -> list[list[str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.reader(handle))
 
 
 def test_dag_run_publishes_exact_sorted_partitions(
@@ -94,19 +58,18 @@ def test_dag_run_publishes_exact_sorted_partitions(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    names = _connect(monkeypatch, simulator, tmp_path)
-    dag = _without_retries(_load_dag())
+    names = connect(monkeypatch, simulator, tmp_path)
+    dag = without_retries(load_dag())
     run = dag.test(logical_date=ANCHOR, run_conf={"servers_per_batch": 2})
     assert run.state == "success"
 
     out = tmp_path / "2024-05-10"
     assert sorted(p.name for p in out.glob("*.csv")) == ["esl_id_part_1.csv", "esl_id_part_2.csv"]
-    cutoff = ANCHOR_MS - 7 * DAY_MS
-    part1 = _read(out / "esl_id_part_1.csv")
-    part2 = _read(out / "esl_id_part_2.csv")
+    part1 = csv_rows(out / "esl_id_part_1.csv")
+    part2 = csv_rows(out / "esl_id_part_2.csv")
     assert part1[0] == list(STANDARD_COLUMNS)
-    assert part1[1:] == expected_partition(small_fleet, {0: names[0], 1: names[1]}, cutoff)
-    assert part2[1:] == expected_partition(small_fleet, {2: names[2]}, cutoff)
+    assert part1[1:] == expected_partition(small_fleet, {0: names[0], 1: names[1]}, CUTOFF_MS)
+    assert part2[1:] == expected_partition(small_fleet, {2: names[2]}, CUTOFF_MS)
     assert len(part1) > 100 and len(part2) > 50  # the window keeps a real share of the fleet
 
     manifest = json.loads((out / "_manifest.json").read_text(encoding="utf-8"))
@@ -129,13 +92,13 @@ def test_dag_run_legacy_style_and_lookback_param(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    names = _connect(monkeypatch, simulator, tmp_path)
-    dag = _without_retries(_load_dag())
+    names = connect(monkeypatch, simulator, tmp_path)
+    dag = without_retries(load_dag())
     conf = {"servers": names[:1], "header_style": "legacy", "timezone": "Asia/Shanghai", "lookback_days": 3}
     run = dag.test(logical_date=ANCHOR, run_conf=conf)
     assert run.state == "success"
 
-    rows = _read(tmp_path / "2024-05-10" / "esl_id_part_1.csv")
+    rows = csv_rows(tmp_path / "2024-05-10" / "esl_id_part_1.csv")
     expected = expected_partition(small_fleet, {0: names[0]}, ANCHOR_MS - 3 * DAY_MS)
     assert rows[0] == list(LEGACY_COLUMNS)
     assert len(rows) - 1 == len(expected) > 0

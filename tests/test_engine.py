@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +15,10 @@ from esl_operators.engine import FetchSettings, ServerResult, fetch_server, fetc
 from esl_operators.records import PART_COLUMNS
 from esl_operators.simulator import DEFAULT_STORE, Fleet, SimulatorThread, build_fleet, envelope
 from esl_operators.storage import PartWriter, read_part
-from tests.conftest import ANCHOR_MS
-from tests.expected import fast_transport
+from tests.support import ANCHOR_MS, CUTOFF_MS, DAY_MS, ListSink, fetch_settings, serve, sim_target
 
 pytestmark = pytest.mark.timeout(60)
 
-DAY_MS = 86_400_000
-CUTOFF_MS = ANCHOR_MS - 7 * DAY_MS
 ESL_ID = PART_COLUMNS.index("esl_id")
 STORE = PART_COLUMNS.index("store")
 SERVER = PART_COLUMNS.index("server")
@@ -33,35 +27,8 @@ LAST_HB = PART_COLUMNS.index("last_hb_time")
 DESCRIPTION = PART_COLUMNS.index("description")
 
 
-class ListSink:
-    """A RowSink collecting rows in memory (written to from several worker threads)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, ...]] = []
-        self._lock = threading.Lock()
-
-    def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
-        with self._lock:
-            self.rows.extend(tuple(row) for row in rows)
-
-    def ids(self, server: str, store: str) -> list[str]:
-        """ESL ids written for one store, in write order."""
-        return [r[ESL_ID] for r in self.rows if r[SERVER] == server and r[STORE] == store]
-
-
-def settings(**overrides: Any) -> FetchSettings:
-    values: dict[str, Any] = {
-        "cutoff_ms": CUTOFF_MS,
-        "max_concurrency": 4,
-        "progress_interval_s": 60.0,
-        "transport": fast_transport(),
-    }
-    values.update(overrides)
-    return FetchSettings(**values)
-
-
 def targets_of(sim: SimulatorThread, indexes: Sequence[int]) -> list[ServerTarget]:
-    return [ServerTarget(name=f"esl_sim_{i}", base_url=sim.urls[i]) for i in indexes]
+    return [sim_target(sim, i) for i in indexes]
 
 
 def eligible(esls: list[dict[str, Any]], cutoff_ms: int = CUTOFF_MS) -> list[str]:
@@ -72,14 +39,6 @@ def store_counts(result: ServerResult) -> dict[str, tuple[int, int, int, int, bo
     return {s.store: (s.rows, s.seen, s.stale, s.invalid, s.capped, s.error) for s in result.stores}
 
 
-@pytest.fixture
-def refused_port() -> Iterator[int]:
-    """A loopback port that is bound but not listening: connecting is refused, and nobody can take it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 # --- the simulator fleet -------------------------------------------------------------------------
 
 
@@ -87,7 +46,7 @@ def test_rows_are_the_fresh_esls_of_real_stores_and_counts_add_up(
     simulator: SimulatorThread, small_fleet: Fleet
 ) -> None:
     sink = ListSink()
-    results = fetch_servers(targets_of(simulator, [0, 1, 2]), settings(), sink, max_threads=3)
+    results = fetch_servers(targets_of(simulator, [0, 1, 2]), fetch_settings(), sink, max_threads=3)
 
     assert [r.server for r in results] == ["esl_sim_0", "esl_sim_1", "esl_sim_2"]
     expected_rows: set[tuple[str, str, str]] = set()
@@ -131,7 +90,7 @@ def test_max_records_per_store_keeps_the_first_eligible_esls_in_page_order(
     simulator: SimulatorThread, small_fleet: Fleet
 ) -> None:
     sink = ListSink()
-    results = fetch_servers(targets_of(simulator, [0, 1, 2]), settings(max_records_per_store=10), sink)
+    results = fetch_servers(targets_of(simulator, [0, 1, 2]), fetch_settings(max_records_per_store=10), sink)
 
     capped_stores = 0
     for index, result in enumerate(results):
@@ -162,7 +121,7 @@ def test_a_down_server_is_reported_and_the_others_deliver_everything(
     down = ServerTarget(name="esl_down", base_url=f"http://127.0.0.1:{refused_port}")
     sim0, sim1 = targets_of(simulator, [0, 1])
     sink = ListSink()
-    results = fetch_servers([sim0, down, sim1], settings(), sink, max_threads=2)
+    results = fetch_servers([sim0, down, sim1], fetch_settings(), sink, max_threads=2)
 
     assert [r.server for r in results] == ["esl_sim_0", "esl_down", "esl_sim_1"]
     failed = results[1]
@@ -199,7 +158,7 @@ def test_concurrency_limit_is_exactly_what_the_server_sees() -> None:
         results = []
         for index, limit in ((0, 3), (1, 1)):
             sink = ListSink()
-            [result] = fetch_servers(targets_of(sim, [index]), settings(max_concurrency=limit), sink)
+            [result] = fetch_servers(targets_of(sim, [index]), fetch_settings(max_concurrency=limit), sink)
             results.append((result, sink))
         stats = sim.stats
 
@@ -223,7 +182,7 @@ def test_part_file_round_trips_through_read_part(
 ) -> None:
     path = tmp_path / "2024-05-10" / "_parts" / "batch-0.arrow"
     with PartWriter(path) as writer:
-        results = fetch_servers(targets_of(simulator, [0, 1]), settings(), writer, max_threads=2)
+        results = fetch_servers(targets_of(simulator, [0, 1]), fetch_settings(), writer, max_threads=2)
     assert [r.errors() for r in results] == [[], []]
 
     frame = read_part(path).to_pandas()
@@ -247,8 +206,8 @@ def test_settings_and_arguments_are_validated() -> None:
     with pytest.raises(ValueError, match=r"^max_records_per_store must be >= 1, got 0$"):
         FetchSettings(cutoff_ms=0, max_records_per_store=0)
     with pytest.raises(ValueError, match=r"^max_threads must be >= 1, got 0$"):
-        fetch_servers([], settings(), ListSink(), max_threads=0)
-    assert fetch_servers([], settings(), ListSink()) == []
+        fetch_servers([], fetch_settings(), ListSink(), max_threads=0)
+    assert fetch_servers([], fetch_settings(), ListSink()) == []
 
 
 # --- small faulty servers of our own -------------------------------------------------------------
@@ -320,24 +279,15 @@ class TinyServer:
         return web.json_response(envelope(1, self.rewrite(esl) if self.rewrite else esl))
 
 
-@contextlib.asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 def fetch_tiny(server: TinyServer, sink: ListSink) -> ServerResult:
     """fetch_server in this thread's own loop, next to the server it talks to."""
 
     async def main() -> ServerResult:
         async with serve(server.app) as url:
             target = ServerTarget(name="tiny", base_url=url)
-            return await asyncio.wait_for(fetch_server(target, settings(max_concurrency=2), sink), timeout=30)
+            return await asyncio.wait_for(
+                fetch_server(target, fetch_settings(max_concurrency=2), sink), timeout=30
+            )
 
     return asyncio.run(main())
 

@@ -21,16 +21,13 @@ from esl_operators.config import split_batches
 from esl_operators.engine import FetchSettings
 from esl_operators.retry import RetryPolicy
 from esl_operators.simulator import FaultProfile, Fleet, SimulatorThread
-from tests.conftest import ANCHOR, ANCHOR_MS
-from tests.expected import fast_transport
+from tests.support import ANCHOR, CUTOFF_MS, DS, fast_transport
 
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),
 ]
 
-DS = "2024-05-10"
-CUTOFF_MS = ANCHOR_MS - 7 * 86_400_000
 NAMES = ["esl_0", "esl_1", "esl_2"]
 
 

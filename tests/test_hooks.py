@@ -9,25 +9,22 @@ import asyncio
 import base64
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from esl_operators.client import EslClient
-from esl_operators.config import parse_server_list, split_batches
+from esl_operators.config import split_batches
 from esl_operators.exceptions import ConfigError
 from esl_operators.hooks import MissingConnectionError, resolve_targets
 from esl_operators.limiter import AdaptiveLimiter
+from esl_operators.settings import parse_server_list
 from esl_operators.simulator import envelope
-from tests.expected import fast_transport
+from tests.support import BASIC_AUTH_WARNINGS, fast_transport, serve
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    # aiohttp 3.14 deprecates BasicAuth, which Airflow's http hook (and so the package) still hand out.
-    pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning"),
-]
+pytestmark = [pytest.mark.timeout(60), *BASIC_AUTH_WARNINGS]
 
 PORT = 18_123  # only ever formatted into URLs here, never connected to
 
@@ -215,11 +212,8 @@ def test_resolved_headers_and_auth_reach_the_wire(monkeypatch: pytest.MonkeyPatc
     async def main() -> list[str]:
         app = web.Application()
         app.router.add_get("/api3/users", users)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            port = runner.addresses[0][1]
+        async with serve(app) as url:
+            port = urlsplit(url).port
             define(
                 monkeypatch, "esl_wire", host="127.0.0.1", port=port, login="user", password="s3cret",
                 extra={"X-Tenant": "eu"},
@@ -232,8 +226,6 @@ def test_resolved_headers_and_auth_reach_the_wire(monkeypatch: pytest.MonkeyPatc
                     session, target, AdaptiveLimiter(1, adaptive=False), transport=fast_transport()
                 )
                 return await asyncio.wait_for(client.list_stores(), timeout=30)
-        finally:
-            await runner.cleanup()
 
     assert asyncio.run(main()) == ["S1"]
     token = base64.b64encode(b"user:s3cret").decode()

@@ -18,8 +18,7 @@ import pytest
 
 import esl_operators
 from esl_operators.install import DAG_FILE, InstallRefused, install_dag, shipped_dag
-from tests.checkout import copy_checkout
-from tests.conftest import REPO
+from tests.support import REPO, copy_checkout
 
 pytestmark = pytest.mark.timeout(300)
 

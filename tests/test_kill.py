@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from esl_operators.simulator import Fleet, SimulatorThread
+from tests.support import DS
 
 pytestmark = pytest.mark.timeout(180)
-DS = "2024-05-10"
 
 
 def _command(sim: SimulatorThread, out: Path) -> list[str]:

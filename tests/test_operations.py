@@ -18,12 +18,11 @@ from esl_operators.config import (
     POOL_ENV,
     check_map_length,
     max_map_length,
-    plan_run,
 )
 from esl_operators.exceptions import ConfigError
+from esl_operators.plan import plan_run
 from esl_operators.simulator import SimulatorThread
-from tests.conftest import ANCHOR, REPO
-from tests.test_dag import _connect, _load_dag, _without_retries
+from tests.support import ANCHOR, REPO, connect, load_dag, without_retries
 
 CONTEXT = {"ds": "2024-05-10", "data_interval_end": ANCHOR}
 
@@ -37,7 +36,7 @@ def _bag():  # type: ignore[no-untyped-def]
 
 
 def test_every_param_is_self_explanatory_in_the_trigger_form() -> None:
-    dag = _load_dag()
+    dag = load_dag()
     for name, param in dag.params.items():
         schema = param.schema
         assert schema.get("title"), name
@@ -66,20 +65,20 @@ def test_every_param_is_self_explanatory_in_the_trigger_form() -> None:
 def test_airflow_refuses_invalid_params_before_a_run(name: str, value: Any) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
-    params = _load_dag().params
+    params = load_dag().params
     with pytest.raises(ParamValidationError, match=name):
         params[name] = value  # what Airflow does with each key of a run's conf
 
 
 def test_defaults_validate() -> None:
-    assert _load_dag().params.validate()["max_concurrency"] == 4
+    assert load_dag().params.validate()["max_concurrency"] == 4
 
 
 def test_fetch_tasks_run_in_default_pool_with_a_per_run_cap_and_aggregate_updates_the_asset(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(POOL_ENV, raising=False)
-    dag = _load_dag()
+    dag = load_dag()
     fetch, aggregate = dag.get_task("fetch"), dag.get_task("aggregate")
     # Nothing to create first: every Airflow has default_pool.
     assert (fetch.pool, fetch.max_active_tis_per_dagrun) == ("default_pool", MAX_ACTIVE_FETCHES_PER_RUN)
@@ -95,7 +94,7 @@ def test_esl_export_pool_names_the_fetch_pool_at_parse_time(
     monkeypatch: pytest.MonkeyPatch, value: str, pool: str
 ) -> None:
     monkeypatch.setenv(POOL_ENV, value)
-    dag = _load_dag()  # with the network cut off, so no database or API lookup either
+    dag = load_dag()  # with the network cut off, so no database or API lookup either
     assert dag.get_task("fetch").pool == pool
     assert dag.get_task("plan_batches").pool == dag.get_task("aggregate").pool == "default_pool"
 
@@ -140,10 +139,10 @@ def test_dag_run_over_the_map_limit_fails_in_plan_without_fetching(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _connect(monkeypatch, simulator, tmp_path)
+    connect(monkeypatch, simulator, tmp_path)
     monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
     requests_before = sum(s.total for s in simulator.stats)
-    run = _without_retries(_load_dag()).test(logical_date=ANCHOR, run_conf={"servers_per_batch": 1})
+    run = without_retries(load_dag()).test(logical_date=ANCHOR, run_conf={"servers_per_batch": 1})
     assert run.state == "failed"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["plan_batches"] == "failed"
@@ -164,8 +163,8 @@ def test_published_run_emits_an_asset_event_naming_the_date_and_folder(
 
     from esl_operators.consumer import summarize_events
 
-    _connect(monkeypatch, simulator, tmp_path)
-    run = _without_retries(_load_dag()).test(logical_date=ANCHOR, run_conf={"servers_per_batch": 2})
+    connect(monkeypatch, simulator, tmp_path)
+    run = without_retries(load_dag()).test(logical_date=ANCHOR, run_conf={"servers_per_batch": 2})
     assert run.state == "success"
     with create_session() as session:
         events = session.scalars(

@@ -13,10 +13,9 @@ from fastapi.testclient import TestClient
 
 from esl_operators.report.browse import create_app, published_file
 from esl_operators.simulator import build_fleet
-from tests.conftest import ANCHOR_MS
 from tests.report_data import publish_run
+from tests.support import ANCHOR_MS, DS
 
-DS = "2024-05-10"
 SECRET = "top secret, outside the output root"
 
 

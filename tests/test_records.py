@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from esl_operators.exceptions import RecordError
 from esl_operators.records import (
-    DAY_MS,
     PART_COLUMNS,
     cell,
     chip_family,
@@ -17,9 +16,7 @@ from esl_operators.records import (
     heartbeat_cutoff_ms,
     to_part_row,
 )
-
-ANCHOR = datetime(2024, 5, 10, tzinfo=UTC)
-ANCHOR_MS = 1_715_299_200_000
+from tests.support import ANCHOR, ANCHOR_MS, DAY_MS
 
 
 def test_epoch_ms_is_exact_and_needs_a_zone() -> None:

@@ -11,11 +11,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from esl_operators.records import DAY_MS, PART_COLUMNS
+from esl_operators.records import PART_COLUMNS
 from esl_operators.report import FleetStats, anchor_ms_of, publish_report, render_report
 from esl_operators.simulator import build_fleet
-from tests.conftest import ANCHOR_MS
 from tests.report_data import fleet_parts
+from tests.support import ANCHOR_MS, DAY_MS
 
 HOUR_MS = DAY_MS // 24
 EVIL = "<script>alert('x')</script>"

@@ -23,10 +23,8 @@ import pytest
 
 from esl_operators.csvformat import STANDARD_COLUMNS
 from esl_operators.simulator import Fleet, SimulatorThread
-from tests.conftest import ANCHOR, ANCHOR_MS
 from tests.expected import expected_partition
-from tests.test_dag import _connect, _load_dag, _without_retries
-from tests.ui.harness import free_port
+from tests.support import ANCHOR, CUTOFF_MS, connect, free_port, load_dag, without_retries
 
 pytest.importorskip("airflow.providers.amazon", reason="the Amazon provider (esl-export[amazon]) is missing")
 pytest.importorskip("s3fs", reason="s3fs (apache-airflow-providers-amazon[s3fs]) is missing")
@@ -34,7 +32,6 @@ pytest.importorskip("moto.server", reason="moto[server] (requirements-test.txt) 
 
 BUCKET = "esl-exports"
 KEY = "testing"  # moto accepts any credentials; these are not secrets
-DAY_MS = 86_400_000
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +107,7 @@ def test_dag_run_publishes_to_an_s3_output_root(
     client = _client(s3_endpoint)
     if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
         client.create_bucket(Bucket=BUCKET)
-    names = _connect(monkeypatch, simulator, tmp_path / "unused-local-root")
+    names = connect(monkeypatch, simulator, tmp_path / "unused-local-root")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never probe an instance-metadata address
     if credentials == "connection":
         extra = {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}
@@ -126,7 +123,7 @@ def test_dag_run_publishes_to_an_s3_output_root(
             monkeypatch.setenv(name, value)
     prefix = root.split(f"{BUCKET}/", 1)[1] + "/2024-05-10/"
 
-    dag = _without_retries(_load_dag())
+    dag = without_retries(load_dag())
     run = dag.test(logical_date=ANCHOR, run_conf={"servers_per_batch": 2, "output_root": root})
     assert run.state == "success"
 
@@ -142,12 +139,11 @@ def test_dag_run_publishes_to_an_s3_output_root(
     } <= keys
     assert not [k for k in keys if k.endswith(".tmp")]  # every temporary was renamed into place
 
-    cutoff = ANCHOR_MS - 7 * DAY_MS
     part1 = _rows(client, prefix + "esl_id_part_1.csv")
     part2 = _rows(client, prefix + "esl_id_part_2.csv")
     assert part1[0] == list(STANDARD_COLUMNS)
-    assert part1[1:] == expected_partition(small_fleet, {0: names[0], 1: names[1]}, cutoff)
-    assert part2[1:] == expected_partition(small_fleet, {2: names[2]}, cutoff)
+    assert part1[1:] == expected_partition(small_fleet, {0: names[0], 1: names[1]}, CUTOFF_MS)
+    assert part2[1:] == expected_partition(small_fleet, {2: names[2]}, CUTOFF_MS)
     assert len(part1) > 100
 
     manifest = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "_manifest.json")["Body"].read())

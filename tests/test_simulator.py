@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import json
 import math
@@ -13,33 +12,27 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 
-from esl_operators.simulator import (
-    DEFAULT_STORE,
-    Fleet,
-    ServerData,
-    SimulatorThread,
-    build_fleet,
-    reference_ms_for,
+from esl_operators.simulator import DEFAULT_STORE, Fleet, ServerData, SimulatorThread, build_fleet
+from esl_operators.simulator.dataset import AWKWARD_STORE_CODES
+from tests.support import (
+    DAY_MS,
+    REFERENCE_DATE,
+    REFERENCE_MS,
+    REPO,
+    TIMEOUT_S,
+    get_json,
+    ok_data,
+    simulator_cli,
 )
-from esl_operators.simulator.dataset import AWKWARD_STORE_CODES, DAY_MS
-from esl_operators.simulator.process import read_lines as _read_lines
-from esl_operators.simulator.process import spawn
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DATE = dt.date(2025, 6, 15)
-REFERENCE_MS = reference_ms_for(REFERENCE_DATE)
 PAGE_SIZE = 50
-TIMEOUT_S = 5.0
 DETAIL_KEYS = {
     "esl_id", "user", "last_hb_time", "create_time", "battery", "screen_size", "description",
     "refresh_times", "led_times", "firmware", "rom", "extesl_id", "product_id", "set_wor",
@@ -63,25 +56,6 @@ def sim(fleet: Fleet) -> Iterator[SimulatorThread]:
         yield running
 
 
-def get_json(url: str) -> tuple[int, dict[str, Any], str]:
-    """(HTTP status, decoded body, content type), error statuses included."""
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
-            return resp.status, json.loads(resp.read().decode("utf-8")), resp.headers["Content-Type"]
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, json.loads(err.read().decode("utf-8")), err.headers["Content-Type"]
-
-
-def ok_data(server: ServerData, body: dict[str, Any]) -> Any:
-    """The ``data`` of a success envelope, checking the envelope style of ``server``."""
-    if server.index % 2 == 0:
-        assert (body["error_code"], body["error_msg"]) == (0, "success")
-    else:
-        assert (body["status_no"], body["message"]) == (0, "success")
-    return body["data"]
-
-
 def page_url(base: str, store: str, n: int | str) -> str:
     return f"{base}/api3/{quote(store, safe='')}/esls/page/{n}"
 
@@ -103,9 +77,9 @@ def test_build_is_deterministic(fleet: Fleet) -> None:
         "print(t.fleet_digest(t.small_fleet()))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(REPO_ROOT)],
+        [sys.executable, "-c", code, str(REPO)],
         env={**os.environ, "PYTHONHASHSEED": "12345"},
-        cwd=REPO_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,
@@ -356,9 +330,7 @@ def test_fixed_base_port(fleet: Fleet) -> None:
 def test_cli_serves_and_stops_on_signal(sig: signal.Signals) -> None:
     args = ["--servers", "2", "--base-port", "0", "--stores", "5", "--esls", "40", "--seed", "3"]
     args += ["--reference-date", REFERENCE_DATE.isoformat(), "--latency-ms", "1", "--capacity", "4"]
-    proc = spawn(args)
-    try:
-        lines = _read_lines(proc, 2, timeout=15)
+    with simulator_cli(args, 2) as (proc, lines):
         assert [line.rsplit(":", 1)[0] for line in lines] == [
             "server 0 listening on http://127.0.0.1",
             "server 1 listening on http://127.0.0.1",
@@ -371,7 +343,3 @@ def test_cli_serves_and_stops_on_signal(sig: signal.Signals) -> None:
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=10)
         assert proc.returncode == 0, stderr.decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)

@@ -28,8 +28,7 @@ from esl_operators.simulator import (
 )
 from esl_operators.simulator.__main__ import main as cli_main
 from esl_operators.simulator.faults import INJECTED_KINDS, retry_after_text
-from esl_operators.simulator.process import spawn
-from tests.test_simulator import REFERENCE_DATE, REFERENCE_MS, REPO_ROOT, TIMEOUT_S, _read_lines, ok_data
+from tests.support import REFERENCE_DATE, REFERENCE_MS, REPO, TIMEOUT_S, ok_data, simulator_cli
 
 PAGE_SIZE = 50
 NON_ASCII_STORE = "上海.001"
@@ -141,8 +140,8 @@ def test_selection_independent_of_hash_seed() -> None:
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONHASHSEED": "4242", "PYTHONPATH": str(REPO_ROOT)},
-        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "4242", "PYTHONPATH": str(REPO)},
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,
@@ -441,9 +440,7 @@ def test_cli_fault_flags() -> None:
     args = ["--servers", "3", "--base-port", "0", "--stores", "2", "--esls", "10", "--seed", "3"]
     args += ["--reference-date", REFERENCE_DATE.isoformat(), "--fault-rate", "1", "--fault-kinds", "503"]
     args += ["--retry-after", "1", "--down-servers", "2", "--unauthorized-servers", "1"]
-    proc = spawn(args)
-    try:
-        lines = _read_lines(proc, 3, timeout=15)
+    with simulator_cli(args, 3) as (proc, lines):
         assert [line.rsplit(":", 1)[0] for line in lines] == [
             "server 0 listening on http://127.0.0.1",
             "server 1 listening on http://127.0.0.1",
@@ -461,10 +458,6 @@ def test_cli_fault_flags() -> None:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=10)
         assert proc.returncode == 0, stderr.decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
 
 
 @pytest.mark.parametrize(

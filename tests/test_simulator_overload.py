@@ -31,16 +31,11 @@ from esl_operators.simulator import (
     Stats,
     build_fleet,
     make_app,
-    reference_ms_for,
 )
-from esl_operators.simulator.process import spawn
-from tests.test_simulator import _read_lines, get_json
+from tests.support import DAY_MS, REFERENCE_MS, REPO, get_json, simulator_cli
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DATE = dt.date(2025, 6, 15)
-REFERENCE_MS = reference_ms_for(REFERENCE_DATE)
 HOLD_MS = 1500
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -126,7 +121,7 @@ def test_overload_needs_capacity_and_an_error_status(fleet: Fleet) -> None:
         make_app(server, page_size=10, capacity=2, overload_status=200)
     result = subprocess.run(
         [sys.executable, "-m", "esl_operators.simulator", "--overload-status", "503", "--base-port", "0"],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,
@@ -138,9 +133,8 @@ def test_overload_needs_capacity_and_an_error_status(fleet: Fleet) -> None:
 def test_cli_overload_flag() -> None:
     args = ["--servers", "1", "--base-port", "0", "--stores", "2", "--esls", "10", "--capacity", "1"]
     args += ["--overload-status", "503", "--latency-ms", str(HOLD_MS)]
-    proc = spawn(args)
-    try:
-        url = _read_lines(proc, 1, timeout=15)[0].split(" listening on ")[1]
+    with simulator_cli(args, 1) as (_, lines):
+        url = lines[0].split(" listening on ")[1]
 
         async def scenario() -> tuple[int, int, dict[str, Any]]:
             async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
@@ -156,9 +150,6 @@ def test_cli_overload_flag() -> None:
         refused, held, stats = asyncio.run(scenario())
         assert (refused, held) == (503, 200)
         assert (stats["total"], stats["overloaded"], stats["users"]) == (2, 1, 1)
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
 
 
 def test_export_recovers_from_every_overload(fleet: Fleet, tmp_path: Path) -> None:
@@ -169,7 +160,7 @@ def test_export_recovers_from_every_overload(fleet: Fleet, tmp_path: Path) -> No
         retry=RetryPolicy(attempts=50, base_delay_s=0.001, max_delay_s=0.01, max_retry_after_s=0.01),
     )
     anchor = dt.datetime(2025, 6, 15, tzinfo=dt.UTC)
-    cutoff_ms = REFERENCE_MS - 7 * 86_400_000
+    cutoff_ms = REFERENCE_MS - 7 * DAY_MS
     expected = sum(
         1
         for esls in fleet.servers[0].real_stores.values()

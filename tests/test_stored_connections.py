@@ -8,7 +8,6 @@ retries, although the DAG retries fetch tasks twice, a minute apart) and say how
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import os
@@ -20,12 +19,10 @@ import pytest
 
 from esl_operators.csvformat import STANDARD_COLUMNS
 from esl_operators.simulator import Fleet, SimulatorThread
-from tests.conftest import ANCHOR_MS
 from tests.expected import expected_partition
+from tests.support import ANCHOR_MS, DAY_MS, csv_rows
 
 pytestmark = pytest.mark.timeout(300)
-
-DAY_MS = 86_400_000
 PASSWORD = "stored-secret-4711"
 
 
@@ -68,11 +65,6 @@ def _task_states(day: dt.date) -> dict[tuple[str, int], tuple[str | None, int]]:
         }
 
 
-def _read(path: Path) -> list[list[str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.reader(handle))
-
-
 def test_dags_test_uses_connections_stored_with_the_cli(
     airflow_db: str, simulator: SimulatorThread, small_fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -92,7 +84,7 @@ def test_dags_test_uses_connections_stored_with_the_cli(
     folder = out / "2024-05-11"
     cutoff = ANCHOR_MS + DAY_MS - 7 * DAY_MS  # midnight of the logical date, minus the lookback
     for index, name in enumerate(names):
-        rows = _read(folder / f"esl_id_part_{index + 1}.csv")
+        rows = csv_rows(folder / f"esl_id_part_{index + 1}.csv")
         assert rows[0] == list(STANDARD_COLUMNS)
         assert rows[1:] == expected_partition(small_fleet, {index: name}, cutoff)
         assert len(rows) > 50

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.ui.harness import Service, free_port
+from tests.support import free_port
+from tests.ui.harness import Service
 
 
 def postgres_bin() -> Path | None:

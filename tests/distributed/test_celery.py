@@ -10,7 +10,6 @@ spread its fetch tasks over both workers and publish exactly the CSVs the single
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import os
@@ -25,8 +24,9 @@ import pytest
 from esl_operators.config import POOL_ENV
 from esl_operators.simulator import Fleet, SimulatorThread, build_fleet, reference_ms_for
 from tests.distributed.services import Postgres, Redis, missing_reason
-from tests.expected import connection_env, expected_partition
-from tests.ui.harness import REPO, AirflowHome
+from tests.expected import expected_partition
+from tests.support import DAY_MS, REPO, connection_env, csv_rows
+from tests.ui.harness import AirflowHome
 from tests.ui.stack import Rest, Stack, start_stack, wait_until
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
@@ -35,7 +35,6 @@ DAY = dt.date(2024, 5, 10)
 SERVERS = [f"esl_store_{i}" for i in range(6)]
 WORKERS = ["worker-a", "worker-b"]
 FETCH_POOL = "esl_working"
-DAY_MS = 86_400_000
 
 
 @dataclass
@@ -114,11 +113,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                     postgres.stop()
 
 
-def _read(path: Path) -> list[list[str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.reader(handle))
-
-
 def test_fetch_tasks_spread_over_two_celery_workers_and_match_a_single_machine_run(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -170,8 +164,8 @@ def test_fetch_tasks_spread_over_two_celery_workers_and_match_a_single_machine_r
     connection_of = dict(zip(cluster.urls, SERVERS, strict=True))
     cutoff = reference_ms_for(DAY) - 7 * DAY_MS
     for index, name in enumerate(names):
-        airflow_rows = _read(distributed_dir / name)
-        single_rows = _read(single_dir / name)
+        airflow_rows = csv_rows(distributed_dir / name)
+        single_rows = csv_rows(single_dir / name)
         assert airflow_rows[0] == single_rows[0]
         translated = [[*row[:2], connection_of[row[2]], *row[3:]] for row in single_rows[1:]]
         assert airflow_rows[1:] == translated

@@ -8,16 +8,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from esl_operators.config import POOL_ENV
-from esl_operators.simulator import Fleet, SimulatorThread, build_fleet, reference_ms_for
-from tests.expected import connection_env
+from esl_operators.simulator import SimulatorThread, build_fleet, reference_ms_for
+from tests.support import connection_env
 from tests.ui.harness import AirflowHome, chromium_missing_reason
-from tests.ui.stack import Rest, Stack, start_stack
+from tests.ui.stack import EslAirflow, start_stack
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,24 +37,12 @@ SERVERS = ["esl_sim_0", "esl_sim_1", "esl_sim_2"]
 FETCH_POOL = "esl_working"
 
 
-@dataclass
-class EslAirflow:
-    """A running Airflow on SQLite (LocalExecutor) serving ``esl_export`` against a simulated fleet."""
-
-    stack: Stack
-    rest: Rest
-    fleet: Fleet
-    reference_day: dt.date
-    output_root: Path
-    servers: list[str]
-
-
 @pytest.fixture(scope="session")
 def esl_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EslAirflow]:
     """Simulator + api-server + scheduler + dag-processor; esl_export is unpaused.
 
     The fetch tasks run in a pool of their own (``ESL_EXPORT_POOL``, created first), so the named-pool
-    path is what the scheduler exercises here; the README's path (test_readme.py) uses default_pool.
+    path is what the scheduler exercises here; the README's path (test_readme_path.py) uses default_pool.
 
     The scheduler creates no scheduled runs (``use_job_schedule = False``): the only runs are the
     ones the tests trigger or backfill, so each test knows exactly which runs are its own.

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, free_port
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags that keep Chromium off the network and quiet in CI: no updates, sync, first-run pages.
 CHROMIUM_ARGS = [
@@ -36,13 +36,6 @@ CHROMIUM_ARGS = [
 ]
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 USERNAME = "admin"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def chromium_missing_reason() -> str | None:

@@ -7,6 +7,7 @@ listens anywhere but 127.0.0.1.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import urllib.error
@@ -14,8 +15,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from esl_operators.simulator import Fleet
 from tests.ui.harness import USERNAME, AirflowHome, ApiServer, Service, start_api_server, start_service, token
 
 FINISHED = {"success", "failed"}
@@ -157,3 +160,16 @@ def start_stack(home: AirflowHome, *, scheduler_env: dict[str, str] | None = Non
         stack.stop()
         raise
     return stack
+
+
+@dataclass
+class EslAirflow:
+    """A running Airflow on SQLite (LocalExecutor) serving ``esl_export`` against a simulated fleet
+    (the ``esl_airflow`` fixture of the trigger and backfill tests)."""
+
+    stack: Stack
+    rest: Rest
+    fleet: Fleet
+    reference_day: dt.date
+    output_root: Path
+    servers: list[str]

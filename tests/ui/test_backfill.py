@@ -17,9 +17,8 @@ import pytest
 
 from esl_operators.simulator import reference_ms_for
 from tests.expected import expected_partition
-from tests.ui.conftest import EslAirflow
-
-DAY_MS = 86_400_000
+from tests.support import DAY_MS
+from tests.ui.stack import EslAirflow
 
 
 def _ids(path: Path) -> set[tuple[str, str]]:

@@ -7,25 +7,16 @@ of D does, and its manifest says so (``anchor_source``).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from esl_operators.simulator import reference_ms_for
 from tests.expected import expected_partition
-from tests.ui.conftest import EslAirflow
-from tests.ui.stack import wait_until
-
-DAY_MS = 86_400_000
-
-
-def _read(path: Path) -> list[list[str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.reader(handle))
+from tests.support import DAY_MS, csv_rows
+from tests.ui.stack import EslAirflow, wait_until
 
 
 @pytest.mark.services
@@ -60,7 +51,7 @@ def test_cli_trigger_for_a_past_date_keeps_exactly_that_dates_window(esl_airflow
         - 7 * DAY_MS
     )
     for index, name in enumerate(esl_airflow.servers):  # servers_per_batch 1: one partition each
-        rows = _read(out / f"esl_id_part_{index + 1}.csv")[1:]
+        rows = csv_rows(out / f"esl_id_part_{index + 1}.csv")[1:]
         assert rows == expected_partition(fleet, {index: name}, cutoff)
         # The fleet makes the difference visible: anchoring on the trigger time would keep fewer labels.
         assert len(expected_partition(fleet, {index: name}, triggered_cutoff)) < len(rows)

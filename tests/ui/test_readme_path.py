@@ -10,7 +10,6 @@ README drifts from what works, this fails.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import os
@@ -28,16 +27,15 @@ import pytest
 
 from esl_operators.csvformat import STANDARD_COLUMNS
 from esl_operators.simulator import SimulatorThread, build_fleet, reference_ms_for
-from tests.checkout import copy_checkout
 from tests.expected import expected_partition
-from tests.ui.harness import REPO, Service, free_port, token, wait_for_http
+from tests.support import DAY_MS, REPO, copy_checkout, csv_rows, free_port
+from tests.ui.harness import Service, token, wait_for_http
 
 pytestmark = [pytest.mark.readme, pytest.mark.timeout(1200)]
 
 SECTION = "## Pointing it at real servers"
 HOST, PORT = "--conn-host 10.1.2.3", "--conn-port 9000"
 CONNECTION = "esl_sh_001"
-DAY_MS = 86_400_000
 
 
 def readme_block() -> str:
@@ -114,8 +112,7 @@ def test_the_readme_block_gives_a_dag_a_dags_test_run_and_the_view(tmp_path: Pat
 
     # `airflow dags test` published exactly the labels of today's window.
     folder = home / "esl_export" / today.isoformat()
-    with (folder / "esl_id_part_1.csv").open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle))
+    rows = csv_rows(folder / "esl_id_part_1.csv")
     assert rows[0] == list(STANDARD_COLUMNS)
     assert rows[1:] == expected_partition(fleet, {0: CONNECTION}, reference_ms_for(today) - 7 * DAY_MS)
     assert len(rows) > 50

@@ -20,10 +20,10 @@ import pytest
 
 from esl_operators.simulator import build_fleet, reference_ms_for
 from tests.report_data import publish_run
+from tests.support import DS, REPO
 from tests.ui.harness import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    REPO,
     USERNAME,
     AirflowHome,
     ApiServer,
@@ -34,7 +34,6 @@ from tests.ui.harness import (
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(420)]
 
-DS = "2024-05-10"
 SERVERS = ["esl_store_a", "esl_store_b", "esl_store_c"]
 ARTIFACTS = REPO / "artifacts"
 WAIT_MS = 30_000

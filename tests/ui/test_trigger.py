@@ -8,28 +8,20 @@ simulator; headless Chromium logs in, opens the DAG, clicks Trigger, changes two
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from esl_operators.csvformat import STANDARD_COLUMNS
 from tests.expected import expected_partition
-from tests.ui.conftest import EslAirflow
-from tests.ui.harness import CHROMIUM, CHROMIUM_ARGS, REPO, USERNAME, browser_login
-from tests.ui.stack import wait_until
+from tests.support import DAY_MS, REPO, csv_rows
+from tests.ui.harness import CHROMIUM, CHROMIUM_ARGS, USERNAME, browser_login
+from tests.ui.stack import EslAirflow, wait_until
 
 ARTIFACTS = REPO / "artifacts"
 WAIT_MS = 30_000
-DAY_MS = 86_400_000
-
-
-def _read(path: Path) -> list[list[str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.reader(handle))
 
 
 def _epoch_ms(text: str) -> int:
@@ -123,7 +115,7 @@ def test_trigger_form_run_publishes_the_chosen_layout(esl_airflow: EslAirflow) -
     assert manifest["params"]["servers_per_batch"] == 2 and manifest["params"]["lookback_days"] == 3
     assert sorted(p.name for p in out.glob("esl_id_part_*.csv")) == ["esl_id_part_1.csv", "esl_id_part_2.csv"]
     fleet, names = esl_airflow.fleet, esl_airflow.servers
-    part1, part2 = _read(out / "esl_id_part_1.csv"), _read(out / "esl_id_part_2.csv")
+    part1, part2 = csv_rows(out / "esl_id_part_1.csv"), csv_rows(out / "esl_id_part_2.csv")
     assert part1[0] == list(STANDARD_COLUMNS)
     assert part1[1:] == expected_partition(fleet, {0: names[0], 1: names[1]}, cutoff)
     assert part2[1:] == expected_partition(fleet, {2: names[2]}, cutoff)
