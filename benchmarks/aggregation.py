@@ -84,8 +84,9 @@ def _columns(rows: int, seed: int) -> dict[str, list[str]]:
 def generate(root: Path, rows: int, seed: int) -> None:
     from esl_operators.batch import batch_manifest
     from esl_operators.engine import ServerResult, StoreResult
+    from esl_operators.parts import PartWriter
     from esl_operators.records import PART_COLUMNS
-    from esl_operators.storage import PartWriter, part_path
+    from esl_operators.storage import part_path
 
     columns = _columns(rows, seed)
     cells = [columns[name] for name in PART_COLUMNS]

@@ -25,6 +25,8 @@ import pyarrow.compute as pc
 from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order
 from esl_operators.exceptions import EslError
 from esl_operators.manifest import BatchManifest, ErrorEntry, Partition, RunSummary, run_manifest
+from esl_operators.partitions import write_lines_atomic
+from esl_operators.parts import read_part
 from esl_operators.storage import (
     MANIFEST_NAME,
     REPORT_NAME,
@@ -32,11 +34,9 @@ from esl_operators.storage import (
     PathLike,
     part_path,
     partition_name,
-    read_part,
     remove_stale_outputs,
     run_dir,
     write_json_atomic,
-    write_lines_atomic,
     write_text_atomic,
 )
 
@@ -124,7 +124,7 @@ def aggregate_run(
         complete = drop_failed(part, manifest["errors"])
         unique = drop_duplicates(complete)
         if report:
-            stats.add(unique.to_pandas())
+            stats.add(unique)
         name = partition_name(batch)
         write_lines_atomic(
             folder / name, columns_for(style), render_lines(unique, style, zone), sort_order(unique)

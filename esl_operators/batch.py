@@ -14,7 +14,8 @@ from datetime import datetime
 from esl_operators.client import ServerTarget
 from esl_operators.engine import FetchSettings, fetch_servers
 from esl_operators.manifest import BatchManifest, batch_manifest
-from esl_operators.storage import PartWriter, PathLike, part_path, write_json_atomic
+from esl_operators.parts import PartWriter
+from esl_operators.storage import PathLike, part_path, write_json_atomic
 
 
 def error_summary(manifest: BatchManifest, limit: int = 5) -> str:

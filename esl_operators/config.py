@@ -20,6 +20,7 @@ from esl_operators.storage import as_local_root
 SERVERS_VARIABLE = "esl_servers"
 OUTPUT_ROOT_VARIABLE = "esl_output_root"
 DEFAULT_OUTPUT_ROOT = "./data/esl_export"
+DAG_ID = "esl_export"
 
 #: Environment variable naming the Airflow pool of the fetch tasks, read where the DAG is parsed (the
 #: dag-processor, ``airflow dags test``); unset, they run in Airflow's own ``default_pool``, which every

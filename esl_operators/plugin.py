@@ -5,14 +5,14 @@ is enough; nothing is copied into a plugins folder (which would register it a se
 
 The view is a FastAPI sub-app mounted by the api-server at ``/esl-exports``; the nav entry embeds it
 in the Airflow UI (``url_route``). Access control lives in the sub-app itself
-(:func:`esl_operators.report.browse.require_reader`), since Airflow leaves plugin apps unprotected.
+(:func:`esl_operators.web.require_reader`), since Airflow leaves plugin apps unprotected.
 """
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from esl_operators.report.browse import create_app
+from esl_operators.web import create_app
 
 URL_PREFIX = "/esl-exports"
 

@@ -1,4 +1,4 @@
-"""File layout and atomic writes under ``output_root``.
+"""File layout and atomic writes under ``output_root``: the one definition of every published name.
 
 Paths are ``pathlib.Path`` or Airflow's ``ObjectStoragePath`` (same API), so a local folder and an
 ``s3://`` root go through the same code. Every file is written under a temporary name and renamed into
@@ -12,33 +12,35 @@ Layout of one run::
     {output_root}/{ds}/_SUCCESS                  written last, once everything above is in place
     {output_root}/{ds}/_parts/batch-{i}.arrow    fetch task i's rows (intermediate, Arrow IPC stream)
     {output_root}/{ds}/_parts/batch-{i}.json     fetch task i's manifest (also returned via XCom)
+
+The writer (aggregate step) and the reader (the "ESL exports" web view) both take names and patterns
+from here. This module stays light on purpose: no pyarrow or numpy (the Arrow file code is in
+:mod:`esl_operators.parts` and :mod:`esl_operators.partitions`), so the api-server can import it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-import threading
 import uuid
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from datetime import date
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
-import pyarrow as pa
-import pyarrow.ipc
-
-from esl_operators.csvformat import WORKERS, string_bytes
 from esl_operators.exceptions import ConfigError
-from esl_operators.records import PART_COLUMNS
 
 PARTS_DIR = "_parts"
+PART_SUFFIX = ".arrow"
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
 REPORT_NAME = "report.html"
-_DS = re.compile(r"\d{4}-\d{2}-\d{2}")
+PARTITION_GLOB = "esl_id_part_*.csv"
+# ASCII digits only (``\d`` also accepts other scripts' digits); partition numbers 1..999999, no
+# leading zero, so a number has exactly one name.
+PARTITION = re.compile(r"esl_id_part_([1-9][0-9]{0,5})\.csv")
+RUN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_PART = re.compile(r"batch-([0-9]+)\.(arrow|json)")
 
 
 class PathLike(Protocol):
@@ -57,14 +59,22 @@ class PathLike(Protocol):
     def glob(self, pattern: str) -> Iterable[Any]: ...
 
 
+def is_run_date(text: str) -> bool:
+    """``YYYY-MM-DD`` in ASCII digits, and a real calendar date (no 2024-02-30)."""
+    if not RUN_DATE.fullmatch(text):
+        return False
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 def run_dir(output_root: PathLike, ds: str) -> Any:
     """The folder of one run date. ``ds`` must be a plain date, never a path fragment."""
-    if not _DS.fullmatch(ds):
-        raise ConfigError(f"run date must look like YYYY-MM-DD, got {ds!r}")
+    if not is_run_date(ds):
+        raise ConfigError(f"run date must be a calendar date written YYYY-MM-DD, got {ds!r}")
     return output_root / ds
-
-
-PART_SUFFIX = ".arrow"
 
 
 def withdraw_success(output_root: PathLike, ds: str) -> None:
@@ -80,13 +90,20 @@ def partition_name(batch: int) -> str:
     return f"esl_id_part_{int(batch) + 1}.csv"
 
 
-def _temporary(path: PathLike) -> Any:
+def partition_number(name: str) -> int | None:
+    """``n`` of a published partition name ``esl_id_part_{n}.csv``; None for any other name."""
+    match = PARTITION.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def temporary_path(path: PathLike) -> Any:
+    """Where ``path`` is written before it is renamed into place (hidden, unique per attempt)."""
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
+    tmp = temporary_path(path)
     with tmp.open("w", encoding="utf-8", newline="") as handle:
         handle.write(text)
     tmp.rename(path)
@@ -101,94 +118,6 @@ def read_json(path: PathLike) -> Any:
         return json.load(handle)
 
 
-PART_SCHEMA = pa.schema([(name, pa.string()) for name in PART_COLUMNS])
-
-
-class PartWriter:
-    """Thread-safe streaming writer of part rows; the file appears under its name only on commit.
-
-    Parts are Arrow IPC streams of string columns (``PART_COLUMNS``): appending a chunk is cheap,
-    the aggregate step reads them back without parsing, and any Arrow tool (pyarrow, pandas,
-    DuckDB) opens them for debugging.
-    """
-
-    def __init__(self, path: PathLike) -> None:
-        self.path = path
-        self.rows = 0
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(path)
-        self._tmp = _temporary(path)
-        self._handle = self._tmp.open("wb")
-        self._stream = pa.ipc.new_stream(self._handle, PART_SCHEMA)
-
-    def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
-        if not rows:
-            return
-        columns = [pa.array(column, pa.string()) for column in zip(*rows, strict=True)]
-        batch = pa.RecordBatch.from_arrays(columns, schema=PART_SCHEMA)
-        with self._lock:
-            self._stream.write_batch(batch)
-            self.rows += len(rows)
-
-    def commit(self) -> None:
-        with self._lock:
-            self._stream.close()
-            self._handle.close()
-            self._tmp.rename(self.path)
-
-    def discard(self) -> None:
-        with self._lock:
-            self._handle.close()
-            self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-
-
-def read_part(path: PathLike) -> pa.Table:
-    """Read a part file back: string columns exactly as written."""
-    with path.open("rb") as handle:
-        table = pa.ipc.open_stream(handle).read_all()
-    if table.schema != PART_SCHEMA:
-        raise ValueError(f"{path}: unexpected part columns {table.column_names}")
-    return table
-
-
-# Lines moved per slice: bounds the temporary buffers (and Arrow's 2 GiB string offsets).
-WRITE_SLICE_ROWS = 250_000
-
-
-def write_lines_atomic(
-    path: PathLike, header: Sequence[str], lines: pa.ChunkedArray, order: pa.Array
-) -> None:
-    """Write a CSV from ready-made lines (``csvformat.render_lines``: each ends in a line feed) in
-    ``order``. The bytes go straight from Arrow's buffers to the file; slices reorder on several cores.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    head = io.StringIO()
-    csv.writer(head, lineterminator="\n").writerow(header)
-    # One contiguous array: taking from many chunks would re-concatenate them for every slice.
-    whole = lines.combine_chunks() if lines.num_chunks else pa.array([], pa.string())
-    tmp = _temporary(path)
-    with tmp.open("wb") as handle, ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        handle.write(head.getvalue().encode("utf-8"))
-        slices = (order.slice(start, WRITE_SLICE_ROWS) for start in range(0, len(order), WRITE_SLICE_ROWS))
-        for piece in pool.map(whole.take, slices):
-            handle.write(string_bytes(piece))
-    tmp.rename(path)
-
-
-_PARTITION = re.compile(r"esl_id_part_(\d+)\.csv")
-_PART = re.compile(r"batch-(\d+)\.(arrow|json)")
-
-
 def remove_stale_outputs(directory: PathLike, batches: int) -> list[str]:
     """Delete what an earlier run of the same date left behind and this run did not write.
 
@@ -196,9 +125,9 @@ def remove_stale_outputs(directory: PathLike, batches: int) -> list[str]:
     temporary files of killed attempts. Only names of our own patterns are touched.
     """
     removed = []
-    for item in directory.glob("esl_id_part_*.csv"):
-        match = _PARTITION.fullmatch(item.name)
-        if match and int(match.group(1)) > batches:
+    for item in directory.glob(PARTITION_GLOB):
+        number = partition_number(item.name)
+        if number is not None and number > batches:
             removed.append(item.name)
             item.unlink()
     for item in (directory / PARTS_DIR).glob("batch-*"):

@@ -6,6 +6,8 @@ with the package's storage functions, in the layout the aggregate task publishes
 
 from __future__ import annotations
 
+from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,11 @@ from esl_operators.csvformat import (
     render_lines,
     sort_order,
 )
+from esl_operators.partitions import write_lines_atomic
 from esl_operators.records import DAY_MS, PART_COLUMNS, to_part_row
 from esl_operators.report import FleetStats, publish_report
 from esl_operators.simulator import Fleet
-from esl_operators.storage import (
-    MANIFEST_NAME,
-    partition_name,
-    run_dir,
-    write_json_atomic,
-    write_lines_atomic,
-)
+from esl_operators.storage import MANIFEST_NAME, partition_name, run_dir, write_json_atomic
 
 
 def _iso(ms: int) -> str:
@@ -96,3 +93,34 @@ def publish_run(
     publish_report(folder, stats, manifest)
     write_json_atomic(folder / MANIFEST_NAME, manifest)
     return manifest
+
+
+# Server text that would run as markup if a page let it through (store codes, descriptions, ...).
+HOSTILE = (
+    "</svg><script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    '"><script>alert(2)</script>',
+)
+
+
+class _Tags(HTMLParser):
+    """Every start tag and attribute name of a document, as a browser's tokenizer would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: Counter[str] = Counter()
+        self.attributes: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags[tag] += 1
+        self.attributes.update(name for name, _ in attrs)
+
+
+def assert_inert(html: str) -> None:
+    """No server string came through as markup: no raw copy, no script, image or handler."""
+    for text in HOSTILE:
+        assert text not in html, text
+    parsed = _Tags()
+    parsed.feed(html)
+    assert not {"script", "img", "iframe", "object", "embed"} & set(parsed.tags)
+    assert not [name for name in parsed.attributes if name.startswith("on")]

@@ -35,8 +35,8 @@ from esl_operators.batch import run_batch
 from esl_operators.client import ServerTarget
 from esl_operators.engine import ServerResult, StoreResult, fetch_servers
 from esl_operators.exceptions import RecordError
+from esl_operators.parts import PartWriter, read_part
 from esl_operators.records import MAX_EPOCH_MS, PART_COLUMNS, to_part_row
-from esl_operators.storage import PartWriter, read_part
 from tests.support import (
     ANCHOR,
     ANCHOR_MS,

@@ -22,8 +22,8 @@ from esl_operators.csvformat import (
     to_output,
 )
 from esl_operators.exceptions import ConfigError
+from esl_operators.partitions import write_lines_atomic
 from esl_operators.records import PART_COLUMNS
-from esl_operators.storage import write_lines_atomic
 
 # 2024-05-09T16:30:05Z and 2024-01-02T00:00:00Z
 HB, CREATED = "1715272205123", "1704153600000"

@@ -12,9 +12,9 @@ from aiohttp import web
 
 from esl_operators.client import ServerTarget
 from esl_operators.engine import FetchSettings, ServerResult, fetch_server, fetch_servers
+from esl_operators.parts import PartWriter, read_part
 from esl_operators.records import PART_COLUMNS
 from esl_operators.simulator import DEFAULT_STORE, Fleet, SimulatorThread, build_fleet, envelope
-from esl_operators.storage import PartWriter, read_part
 from tests.support import ANCHOR_MS, CUTOFF_MS, DAY_MS, ListSink, fetch_settings, serve, sim_target
 
 pytestmark = pytest.mark.timeout(60)

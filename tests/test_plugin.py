@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,11 @@ import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
-from esl_operators.report.browse import create_app, published_file
+from esl_operators.config import DAG_ID
 from esl_operators.simulator import build_fleet
-from tests.report_data import publish_run
-from tests.support import ANCHOR_MS, DS
+from esl_operators.web import create_app, published_file
+from tests.report_data import HOSTILE, assert_inert, publish_run
+from tests.support import ANCHOR_MS, DS, load_dag
 
 SECRET = "top secret, outside the output root"
 
@@ -232,7 +235,7 @@ def test_a_symlink_inside_the_root_is_served(tree: Path) -> None:
 def test_output_root_comes_from_the_variable(
     monkeypatch: pytest.MonkeyPatch, tree: Path, viewer: dict[str, str]
 ) -> None:
-    from esl_operators.report.browse import configured_output_root
+    from esl_operators.web import configured_output_root
 
     monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", tree.as_uri())
     assert configured_output_root() == tree.resolve()
@@ -255,3 +258,51 @@ def test_plugin_registers_the_app_and_the_browse_entry() -> None:
     assert view["category"] == "browse"
     assert view["href"] == "esl-exports/"  # relative to the UI's base URL
     assert view["url_route"] == "esl-exports"
+
+
+def test_the_view_guards_the_dag_that_writes_the_output() -> None:
+    assert load_dag().dag_id == DAG_ID  # require_reader asks Airflow about this id
+
+
+HEAVY = ("matplotlib", "pandas", "pyarrow", "numpy")
+_LOAD_PLUGIN = """
+import importlib, json, sys
+from pathlib import Path
+module = importlib.import_module(sys.argv[1])  # what the airflow.plugins entry point loads
+[app] = module.EslExportsPlugin.fastapi_apps
+from esl_operators.web.app import listing_page
+html = listing_page(Path(sys.argv[2]))
+print(json.dumps({"loaded": sorted(m for m in sys.argv[3:] if m in sys.modules), "listing": len(html)}))
+"""
+
+
+def test_loading_the_plugin_imports_no_heavy_library(tree: Path) -> None:
+    """Every Airflow process loads the plugin: it must not drag in the report's libraries."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_PLUGIN, "esl_operators.plugin", str(tree), *HEAVY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["loaded"] == []
+    assert result["listing"] > 1000  # the listing rendered, in that same light process
+
+
+def test_hostile_manifest_text_is_inert_in_the_listing_and_the_report(
+    tmp_path: Path, viewer: dict[str, str]
+) -> None:
+    root = tmp_path / "esl_export"
+    fleet = build_fleet(servers=2, stores=3, esls=60, seed=5, reference_ms=ANCHOR_MS)
+    errors = [{"server": HOSTILE[0], "store": HOSTILE[1], "error": HOSTILE[2]}]
+    publish_run(root, DS, fleet, ["esl_a", "esl_b"], errors=errors, skipped_ids=list(HOSTILE))
+    with TestClient(create_app(output_root=lambda: root)) as hostile_client:
+        listing = hostile_client.get("/", headers=viewer)
+        report = hostile_client.get(f"/{DS}/report.html", headers=viewer)
+    assert listing.status_code == report.status_code == 200
+    assert "published with 1 error(s)" in listing.text
+    assert_inert(listing.text)
+    assert_inert(report.text)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in report.text

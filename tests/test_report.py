@@ -3,18 +3,27 @@ manifest failures are shown with their reasons, data is escaped, and the page ne
 
 from __future__ import annotations
 
+import importlib.resources
+import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
+from esl_operators.manifest import RunManifest
+from esl_operators.parts import PART_SCHEMA
 from esl_operators.records import PART_COLUMNS
 from esl_operators.report import FleetStats, anchor_ms_of, publish_report, render_report
+from esl_operators.report.attention import ATTENTION, HOUSEKEEPING, SHOWN_ELSEWHERE
 from esl_operators.simulator import build_fleet
-from tests.report_data import fleet_parts
+from esl_operators.templating import TEMPLATES
+from tests.report_data import HOSTILE, assert_inert, fleet_parts
 from tests.support import ANCHOR_MS, DAY_MS
 
 HOUR_MS = DAY_MS // 24
@@ -274,6 +283,32 @@ def test_failures_and_unknown_skip_lists_are_shown_with_reasons() -> None:
     assert kpis(html)["failures"] == "1"
 
 
+def test_every_run_manifest_field_has_its_place_in_the_report() -> None:
+    """Attention is decided by field name: a new manifest field must be placed on purpose."""
+    fields = set(RunManifest.__annotations__)
+    assert fields - ATTENTION - HOUSEKEEPING - SHOWN_ELSEWHERE == set()
+    assert not ATTENTION & HOUSEKEEPING and not (ATTENTION | HOUSEKEEPING) & SHOWN_ELSEWHERE
+    values: dict[str, Any] = {
+        "errors": [{"server": S1, "store": "x", "error": "HTTP 500"}],
+        "capped_stores": [{"server": S1, "store": "x"}],
+        "invalid_records": {"count": 1, "listed": [{"esl_id": "1"}]},
+        "removed_labels": {"count": 2, "listed": []},
+        "blanked_fields": {"battery": 1},
+        "duplicates_dropped": 1,
+        "failed_store_rows_dropped": 7,
+        "retries": 2,
+        "removed_stale_files": ["esl_id_part_4.csv"],
+        "a_field_from_a_newer_version": [1],
+    }
+    html = render_report(_stats([ROWS]), {**MANIFEST, **values}, anchor_ms=ANCHOR_MS)
+    attention = html[html.index('id="attention"') : html.index("Housekeeping")]
+    housekeeping = html[html.index("Housekeeping") : html.index('id="totals"')]
+    for key in values:
+        box = housekeeping if key in HOUSEKEEPING else attention
+        assert f"<h3>{key.replace('_', ' ').capitalize()}" in box, key
+    assert "Failed store rows dropped: 7" in attention and "Removed labels (2)" in attention
+
+
 def test_row_count_mismatch_is_flagged() -> None:
     html = render_report(_stats([ROWS[:4]]), MANIFEST, anchor_ms=ANCHOR_MS)
     assert "The manifest reports 10 rows but the report counted 4." in html
@@ -321,3 +356,211 @@ def test_publish_report_writes_the_page_atomically(tmp_path: Path) -> None:
     assert path == folder / "report.html"
     assert kpis(path.read_text(encoding="utf-8"))["labels exported"] == "10"
     assert [p.name for p in folder.iterdir()] == ["report.html"]  # no temporary file left behind
+
+
+# --- Arrow chunks ---------------------------------------------------------------------------------
+
+
+def _arrow(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=PART_SCHEMA)
+
+
+def _simulated_rows() -> list[dict]:
+    fleet = build_fleet(servers=2, stores=4, esls=1500, seed=3, reference_ms=ANCHOR_MS)
+    frames = fleet_parts(fleet, ["a", "b"], ANCHOR_MS - 7 * DAY_MS)
+    return [row for frame in frames for row in frame.to_dict("records")] + ROWS
+
+
+def _facts(stats: FleetStats) -> dict[str, Any]:
+    """Everything the stats hold, in a comparable shape."""
+    return {
+        "labels": stats.labels,
+        "stores": {
+            key: (s.labels, s.battery.tolist(), s.battery_missing, dict(s.heartbeat_days))
+            for key, s in stats.stores.items()
+        },
+        "frequency_sums": {key: s.frequency_sum for key, s in stats.stores.items()},
+        "frequency_zero": stats.frequency_zero,
+        "frequency_bins": stats.frequency_bins.tolist(),
+        "chips": dict(stats.chip_families),
+        "screens": dict(stats.screen_sizes),
+        "firmwares": dict(stats.firmwares),
+        "outliers": stats.outliers,
+        "silent": stats.oldest_heartbeats,
+    }
+
+
+def test_arrow_chunks_of_any_size_give_the_same_stats() -> None:
+    rows = _simulated_rows()
+    whole = _arrow(rows)
+    assert whole.num_rows > 1000
+    at_once = FleetStats()
+    at_once.add(whole)
+    in_batches = FleetStats()
+    batches = whole.to_batches(max_chunksize=7)
+    assert len(batches) == -(-whole.num_rows // 7)
+    for batch in batches:
+        in_batches.add(batch)  # RecordBatch
+    chunked = FleetStats()
+    chunked.add(pa.Table.from_batches(batches))  # one Table whose columns have many chunks
+    from_frame = FleetStats()
+    from_frame.add(_frame(rows))  # a pandas frame, read through the Arrow stream protocol
+    expected = _facts(at_once)
+    sums = expected.pop("frequency_sums")
+    assert len(expected["stores"]) == len({(r["server"], r["store"]) for r in rows}) > 8
+    assert len(expected["outliers"]) == len(expected["silent"]) == 15
+    for other in (in_batches, chunked, from_frame):
+        facts = _facts(other)
+        # Float sums depend on the order of addition; everything else is counted exactly.
+        assert facts.pop("frequency_sums") == pytest.approx(sums, rel=1e-12)
+        assert facts == expected
+    page = render_report(at_once, MANIFEST, anchor_ms=ANCHOR_MS)
+    assert render_report(in_batches, MANIFEST, anchor_ms=ANCHOR_MS) == page
+
+
+def test_arrow_input_matches_the_hand_counted_page(page: str) -> None:
+    stats = FleetStats()
+    for start in range(0, len(ROWS), 3):
+        stats.add(_arrow(ROWS[start : start + 3]).to_batches()[0])
+    assert render_report(stats, MANIFEST, anchor_ms=ANCHOR_MS) == page
+    sums = {key: s.frequency_sum for key, s in stats.stores.items()}
+    assert sums == {
+        (S1, EVIL): 0.0 + 3.0 + 120.0 + 0.5,
+        (S1, "上海.001"): 1500.0 + 10.0 + 10.0,
+        (S2, "50%off"): 999.99 + 2.0 + 45.5,
+    }
+
+
+def test_ties_at_the_cut_go_to_the_smaller_id() -> None:
+    # The winners come last in the chunk, so keeping the first rows seen would pick the wrong ones.
+    rows = [_row(f"10-00-01-{n:02d}", "s", S1, "50", 3, 10.0) for n in range(40, 0, -1)]
+    stats = FleetStats(top_n=3)
+    stats.add(_arrow(rows))
+    assert [o.esl_id for o in stats.outliers] == ["10-00-01-01", "10-00-01-02", "10-00-01-03"]
+    assert [s.esl_id for s in stats.oldest_heartbeats] == ["10-00-01-01", "10-00-01-02", "10-00-01-03"]
+
+
+def test_unreadable_numbers_are_refused_or_counted() -> None:
+    rows = [dict(ROWS[0], battery=" 7 "), dict(ROWS[1], battery="n/a"), dict(ROWS[2], battery="12.5")]
+    stats = FleetStats()
+    stats.add(_arrow(rows))
+    assert stats.battery_histogram()[7] == 1  # surrounding blanks are read, as a spreadsheet would
+    assert stats.battery_missing == 2  # "n/a", and 12.5 is no whole percent
+    with pytest.raises(ValueError, match="frequency that is not a number"):
+        FleetStats().add(_arrow([dict(ROWS[0], frequency="fast")]))
+    with pytest.raises(ValueError, match="last_hb_time and frequency; some are empty"):
+        FleetStats().add(_arrow([dict(ROWS[0], last_hb_time="")]))
+    with pytest.raises(TypeError, match="pyarrow Table or RecordBatch, got list"):
+        FleetStats().add(ROWS)
+
+
+# --- hostile text from the servers ----------------------------------------------------------------
+
+
+def test_hostile_labels_are_inert_in_tables_and_charts() -> None:
+    rows = [
+        _row(
+            f"10-EE-00-0{i}",
+            text,
+            S1,
+            str(5 + i),
+            i + 0.5,
+            10.0 + i,
+            chip=text,
+            screen=text,
+            firmware=text,
+            description=text,
+        )
+        for i, text in enumerate(HOSTILE)
+    ]
+    rows.append(_row(HOSTILE[2], "plain", HOSTILE[0], "3", 6.5, 5000.0, description=HOSTILE[1]))
+    manifest = {
+        **MANIFEST,
+        "errors": [{"server": HOSTILE[0], "store": HOSTILE[1], "error": HOSTILE[2]}],
+        "capped_stores": [{"server": S1, "store": HOSTILE[0]}],
+        "params": {"output_root": HOSTILE[1]},
+        "rows_by_store": {S1: {HOSTILE[0]: 1, HOSTILE[2]: 0}},
+        HOSTILE[1]: [HOSTILE[2]],  # a field this version does not know, with a hostile name
+    }
+    html = render_report(_stats([rows]), manifest, anchor_ms=ANCHOR_MS)
+    assert_inert(html)
+    assert html.count("<svg ") == html.count("</svg>") == 8
+    # The text is there, escaped: in a table cell, and as a chart's tick label (matplotlib escapes).
+    assert "<td>&lt;img src=x onerror=alert(1)&gt;</td>" in html
+    assert re.search(r"<text[^>]*>&lt;/svg&gt;&lt;script&gt;alert\(1\)&lt;/scr", html)
+
+
+_AGGREGATE_WITH_REPORT = """
+import importlib.abc, json, sys
+from pathlib import Path
+
+
+class NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"{name} is blocked in this test", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoPandas())
+from esl_operators.aggregate import aggregate_run
+from esl_operators.batch import batch_manifest
+from esl_operators.engine import ServerResult, StoreResult
+from esl_operators.parts import PartWriter
+from esl_operators.records import to_part_row
+from esl_operators.simulator import build_fleet
+from esl_operators.storage import part_path
+from datetime import datetime, UTC
+
+root, anchor_ms = Path(sys.argv[1]), int(sys.argv[2])
+cutoff_ms = anchor_ms - 7 * 86_400_000
+fleet = build_fleet(servers=1, stores=3, esls=90, seed=2, reference_ms=anchor_ms)
+stores = []
+with PartWriter(part_path(root, "2024-05-10", 0)) as writer:
+    for store, details in fleet.servers[0].real_stores.items():
+        kept = [d for d in details if d["last_hb_time"] >= cutoff_ms]
+        rows = [to_part_row(d, store=store, server="esl_a")[0] for d in kept]
+        writer.write_rows(rows)
+        stores.append(StoreResult(store, rows=len(rows), seen=len(rows)))
+anchor = datetime.fromtimestamp(anchor_ms / 1000, tz=UTC)
+manifest = batch_manifest(
+    [ServerResult("esl_a", stores=stores)], batch=0, part="p", anchor=anchor, cutoff_ms=cutoff_ms,
+    duration_s=0.0,
+)
+summary = aggregate_run([manifest], output_root=root, ds="2024-05-10", report=True)
+page = (root / "2024-05-10" / "report.html").read_text(encoding="utf-8")
+expected = sum(s.rows for s in stores)
+charts = page.count("<svg ")
+print(json.dumps({"rows": [summary["rows"], expected], "charts": charts, "pandas": "pandas" in sys.modules}))
+"""
+
+
+def test_the_report_path_runs_without_pandas(tmp_path: Path) -> None:
+    """Fetch-side part writing, the aggregate step and its report, with pandas made unimportable.
+
+    pyarrow imports pandas by itself when it is installed (on its first conversion to or from Python
+    or numpy objects: a module import, no copy of the data); blocking it proves none of our code needs
+    it, and that pyarrow does without.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _AGGREGATE_WITH_REPORT, str(tmp_path), str(ANCHOR_MS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    published, written = result.pop("rows")
+    assert published == written > 30
+    assert result == {"charts": 8, "pandas": False}
+
+
+# --- templates are package data -------------------------------------------------------------------
+
+
+def test_templates_are_found_through_the_package() -> None:
+    templates = importlib.resources.files("esl_operators") / TEMPLATES
+    names = {item.name for item in templates.iterdir()}
+    assert {"page.html", "style.css", "report.html", "listing.html", "refused.html"} <= names
+    assert ":root {" in (templates / "style.css").read_text(encoding="utf-8")
