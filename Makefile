@@ -24,6 +24,7 @@ $(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Fast and self-contained: no browser, no Airflow services, no PostgreSQL or Redis.
 test: install lint

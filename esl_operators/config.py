@@ -72,7 +72,7 @@ def max_map_length() -> int:
     """Airflow's ``[core] max_map_length``: the most mapped tasks one upstream list may create."""
     from airflow.sdk.configuration import conf
 
-    return conf.getint("core", "max_map_length", fallback=DEFAULT_MAX_MAP_LENGTH)
+    return int(conf.getint("core", "max_map_length", fallback=DEFAULT_MAX_MAP_LENGTH))
 
 
 def check_map_length(servers: int, servers_per_batch: int, limit: int) -> None:

@@ -138,7 +138,7 @@ def _local_seconds(utc_seconds: np.ndarray, zone: ZoneInfo) -> np.ndarray:
     import pandas as pd  # loaded only for the legacy layout in a non-UTC zone
 
     moments = pd.DatetimeIndex(utc_seconds.astype("datetime64[s]")).tz_localize("UTC").tz_convert(zone.key)
-    return moments.tz_localize(None).as_unit("s").asi8
+    return np.asarray(moments.tz_localize(None).as_unit("s").asi8, dtype=np.int64)
 
 
 def format_times(epoch_ms: pa.ChunkedArray, layout: tuple[str, str], zone: ZoneInfo) -> pa.Array:

@@ -99,14 +99,22 @@ class Partition(TypedDict):
     dropped_duplicate_rows: int
 
 
+class ListedInvalidRecord(InvalidRecord):
+    server: str
+
+
+class ListedRemovedId(RemovedId):
+    server: str
+
+
 class InvalidRecordListing(TypedDict):
     count: int
-    listed: list[dict[str, str]]  # InvalidRecord plus ``server``
+    listed: list[ListedInvalidRecord]
 
 
 class RemovedListing(TypedDict):
     count: int
-    listed: list[dict[str, str]]  # RemovedId plus ``server``
+    listed: list[ListedRemovedId]
 
 
 class Durations(TypedDict):
@@ -247,12 +255,18 @@ def run_manifest(
         "invalid_records": {
             "count": sum(s["invalid"] for s in stores),
             "listed": [
-                {"server": name, **r} for name, info in servers.items() for r in info["invalid_records"]
+                {"server": name, "store": r["store"], "esl_id": r["esl_id"], "reason": r["reason"]}
+                for name, info in servers.items()
+                for r in info["invalid_records"]
             ],
         },
         "removed_labels": {
             "count": sum(s["removed"] for s in stores),
-            "listed": [{"server": name, **r} for name, info in servers.items() for r in info["removed_ids"]],
+            "listed": [
+                {"server": name, "store": r["store"], "esl_id": r["esl_id"]}
+                for name, info in servers.items()
+                for r in info["removed_ids"]
+            ],
         },
         "blanked_fields": dict(sorted(blanked.items())),
         "duplicates_dropped": sum(p["dropped_duplicate_rows"] for p in partitions),

@@ -9,7 +9,7 @@ absurd ``total_page`` and a page that repeats the previous one (a loop).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from esl_operators.client import EslClient, Page
 from esl_operators.exceptions import EslApiError
@@ -18,7 +18,7 @@ from esl_operators.settings import default
 
 async def iter_pages(
     client: EslClient, store: str, *, max_pages: int = default("max_pages")
-) -> AsyncIterator[Page]:
+) -> AsyncGenerator[Page, None]:
     """Yield page 1, then pages 2..``total_page`` as announced by page 1."""
     page = await client.get_page(store, 1)
     total = page.total_pages

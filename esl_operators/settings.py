@@ -356,7 +356,7 @@ def dag_params() -> dict[str, Any]:
     for s in SETTINGS:
         if not s.dag:
             continue
-        extra = {"section": s.section} if s.section else {}
+        extra: dict[str, Any] = {"section": s.section} if s.section else {}
         params[s.name] = Param(s.default, title=s.title, description=s.description, **s.schema(), **extra)
     return params
 
@@ -390,6 +390,7 @@ def operator_options(task: Task) -> Callable[[F], F]:
             if s.name not in signature.parameters
         ]
         params += [p for p in signature.parameters.values() if p.kind == p.VAR_KEYWORD]
+        # inspect.signature() honours __signature__; typeshed does not declare it on functions.
         init.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
         return init
 

@@ -23,12 +23,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from esl_operators.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
 
 PARTS_DIR = "_parts"
 PART_SUFFIX = ".arrow"
@@ -43,20 +45,9 @@ RUN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _PART = re.compile(r"batch-([0-9]+)\.(arrow|json)")
 
 
-class PathLike(Protocol):
-    """What we need of a path: satisfied by ``pathlib.Path`` and ``ObjectStoragePath``."""
-
-    name: str
-
-    @property
-    def parent(self) -> Any: ...
-    def __truediv__(self, other: str) -> Any: ...
-    def open(self, mode: str = ..., *args: Any, **kwargs: Any) -> Any: ...
-    def rename(self, target: Any) -> Any: ...
-    def mkdir(self, parents: bool = ..., exist_ok: bool = ...) -> None: ...
-    def exists(self) -> bool: ...
-    def unlink(self, missing_ok: bool = ...) -> None: ...
-    def glob(self, pattern: str) -> Iterable[Any]: ...
+# A local folder (``pathlib.Path``) or an object-storage URL (Airflow's ``ObjectStoragePath``): the same
+# API, so both go through the same code. A string alias, so the api-server never imports the SDK's path.
+PathLike: TypeAlias = "Path | ObjectStoragePath"
 
 
 def is_run_date(text: str) -> bool:

@@ -71,3 +71,31 @@ def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
     assert result["templates"] == templates
     assert result["report"] == 8
     assert "<h2>&lt;no&gt;</h2>" in result["refused"]
+
+
+def _names(requirements: list[str]) -> set[str]:
+    """Distribution names with their extras, normalised (``apache_airflow`` == ``apache-airflow``)."""
+    import re
+
+    found = set()
+    for line in requirements:
+        line = line.split("#", 1)[0].strip()
+        match = re.match(r"([A-Za-z0-9_.\-]+(\[[^\]]*\])?)", line)
+        if match:
+            found.add(re.sub(r"[-_.]+", "-", match.group(1)).lower())
+    return found
+
+
+def test_the_test_extra_lists_exactly_the_test_requirements() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pinned = (REPO / "requirements-test.txt").read_text(encoding="utf-8").splitlines()
+    assert _names(project["optional-dependencies"]["test"]) == _names(pinned)
+
+
+def test_the_declared_python_is_the_one_the_code_needs() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["requires-python"] == ">=3.11"

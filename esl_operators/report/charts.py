@@ -16,6 +16,7 @@ import io
 import re
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from markupsafe import Markup
 from matplotlib import rc_context
@@ -28,7 +29,7 @@ RED = "#c0392b"
 AMBER = "#d68910"
 GREY = "#8c8c8c"
 
-_RC = {
+_RC: dict[str, Any] = {
     "svg.fonttype": "none",
     "svg.hashsalt": "esl-report",  # stable clip-path ids: the same data gives the same page
     "text.parse_math": False,  # a store called "$5 $ale" must not turn into mathtext
@@ -64,7 +65,7 @@ def bar_chart(
     count = max(len(categories), 1)
     height = max(2.8, 0.6 + 0.26 * count) if horizontal else 3.2
     figure = Figure(figsize=(6.4, height), layout="constrained")
-    with rc_context(_RC):
+    with rc_context(_RC):  # type: ignore[arg-type]  # matplotlib's stubs list the rc keys as literals
         axes = figure.add_subplot()
         axes.set_title(title, loc="left")
         positions = list(range(len(categories)))
