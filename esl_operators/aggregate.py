@@ -173,10 +173,14 @@ def aggregate_run(
     params: Mapping[str, Any] | None = None,
     report: bool = True,
     aggregate_memory_mb: int = default("aggregate_memory_mb"),
+    anchor_source: str = "date",
 ) -> RunSummary:
     """Publish the partitions and the run manifest (and ``report.html``); return a small summary.
 
     ``aggregate_memory_mb`` bounds the working memory of sorting a partition, whatever its size.
+    ``anchor_source`` says where the batches' heartbeat anchor came from: for a DAG run one of
+    :data:`esl_operators.config.ANCHOR_SOURCES`; ``"date"`` (the default) is midnight UTC of ``ds``, as
+    the standalone command anchors.
     """
     started = time.monotonic()
     style, zone = check_style(header_style, timezone)
@@ -221,6 +225,7 @@ def aggregate_run(
         partitions,
         {server: dict(sorted(stores.items())) for server, stores in store_counts.rows.items()},
         ds=ds,
+        anchor_source=anchor_source,
         header_style=style,
         columns=columns_for(style),
         params=params,
