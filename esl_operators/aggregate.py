@@ -32,9 +32,10 @@ from esl_operators.merge import merge_runs
 from esl_operators.partitions import stream_lines_atomic, write_lines_atomic
 from esl_operators.parts import PART_SCHEMA, open_part, part_chunks
 from esl_operators.settings import HeaderStyle, default, setting
-from esl_operators.spill import Budget, RowSink, make_runs, spill_folder
+from esl_operators.spill import Budget, RowSink, make_runs, remove_stale_spills, spill_folder
 from esl_operators.storage import (
     MANIFEST_NAME,
+    PARTS_DIR,
     REPORT_NAME,
     SUCCESS_NAME,
     PathLike,
@@ -188,6 +189,7 @@ def aggregate_run(
     folder = run_dir(output_root, ds)
     (folder / SUCCESS_NAME).unlink(missing_ok=True)
     (folder / REPORT_NAME).unlink(missing_ok=True)  # never leave an earlier run's report behind
+    remove_stale_spills(folder / PARTS_DIR)
     if report:
         from esl_operators.report import FleetStats  # matplotlib: loaded only when a report is wanted
 

@@ -97,6 +97,14 @@ class Budget:
         return int(min(high, max(low, fit)))
 
 
+def remove_stale_spills(parts_dir: PathLike) -> None:
+    """Remove spill folders a killed attempt left next to the parts (one date has one writer)."""
+    if isinstance(parts_dir, Path) and parts_dir.is_dir():
+        for stale in parts_dir.glob(f"{SPILL_PREFIX}*"):
+            log.info("removing %s, left by an earlier attempt", stale)
+            shutil.rmtree(stale)
+
+
 @contextlib.contextmanager
 def spill_folder(parts_dir: PathLike) -> Iterator[Path]:
     """A fresh local folder for spill files, removed on the way out whatever happens.
@@ -107,9 +115,6 @@ def spill_folder(parts_dir: PathLike) -> Iterator[Path]:
     """
     if isinstance(parts_dir, Path):
         parts_dir.mkdir(parents=True, exist_ok=True)
-        for stale in parts_dir.glob(f"{SPILL_PREFIX}*"):  # a killed attempt's: nobody else writes here
-            log.info("removing %s, left by an earlier attempt", stale)
-            shutil.rmtree(stale)
         folder = parts_dir / f"{SPILL_PREFIX}{uuid.uuid4().hex[:8]}"
         folder.mkdir()
     else:

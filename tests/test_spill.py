@@ -239,14 +239,19 @@ def test_report_statistics_are_the_same_from_runs(tmp_path: Path, monkeypatch: p
     )
 
 
-def test_no_spill_file_is_left_after_success(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("runs", [True, False])
+def test_no_spill_file_is_left_after_success(
+    runs: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nor one a killed attempt left, whether this run spills or sorts in memory."""
     root = tmp_path / "out"
     manifest = write_part(root, make_rows(1000))
     stale = root / DS / "_parts" / ".spill-0badc0de"  # what a killed attempt leaves
     stale.mkdir()
     (stale / "bucket-0.arrow").write_bytes(b"half a bucket")
+    budget = force_runs(monkeypatch) if runs else 256
 
-    aggregate_run([manifest], output_root=root, ds=DS, aggregate_memory_mb=force_runs(monkeypatch))
+    aggregate_run([manifest], output_root=root, ds=DS, aggregate_memory_mb=budget)
 
     assert sorted(p.name for p in (root / DS / "_parts").iterdir()) == ["batch-0.arrow"]
     assert not [p for p in (root / DS).rglob("*") if p.name.endswith(".tmp")]
