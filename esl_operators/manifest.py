@@ -59,6 +59,10 @@ class StoreManifest(TypedDict):
     blanked_fields: dict[str, int]  # field -> values written empty because they were impossible
     capped: bool
     error: str | None
+    # total_page of page 1, and the pages walked: they differ when the store moved onto more or fewer
+    # pages while it was paged (the walk follows every page's total_page).
+    pages_announced_first: NotRequired[int]
+    pages_walked: NotRequired[int]
 
 
 class Concurrency(TypedDict):
@@ -180,6 +184,8 @@ def server_manifest(result: ServerResult) -> ServerManifest:
                 "blanked_fields": dict(sorted(s.blanked_fields.items())),
                 "capped": s.capped,
                 "error": s.error,
+                "pages_announced_first": s.pages_announced_first,
+                "pages_walked": s.pages_walked,
             }
             for s in result.stores
         },
