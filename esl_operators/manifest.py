@@ -133,6 +133,8 @@ class RunManifest(TypedDict):
     heartbeat_cutoff: str | None
     header_style: str
     columns: list[str]
+    # Text cells a spreadsheet would run as formulas were prefixed with ' (setting spreadsheet_safe).
+    spreadsheet_safe: NotRequired[bool]
     rows: int
     partitions: list[Partition]
     rows_by_server: dict[str, int]
@@ -231,6 +233,7 @@ def run_manifest(
     ds: str,
     header_style: str,
     columns: Sequence[str],
+    spreadsheet_safe: bool = False,
     params: Mapping[str, Any] | None,
     removed_files: list[str],
 ) -> RunManifest:
@@ -246,6 +249,7 @@ def run_manifest(
         "heartbeat_cutoff": batches[0]["heartbeat_cutoff"] if batches else None,
         "header_style": header_style,
         "columns": list(columns),
+        "spreadsheet_safe": spreadsheet_safe,
         "rows": sum(p["rows"] for p in partitions),
         "partitions": partitions,
         "rows_by_server": {name: sum(rows_by_store.get(name, {}).values()) for name in servers},

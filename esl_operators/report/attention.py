@@ -46,6 +46,7 @@ SHOWN_ELSEWHERE = frozenset(
         "heartbeat_cutoff",
         "header_style",
         "columns",
+        "spreadsheet_safe",
         "rows",
         "partitions",
         "rows_by_server",
