@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DIST_STAMP := $(VENV)/.installed-distributed
 DEMO_PORT ?= 18180
 
-.PHONY: install test test-ui test-distributed lint demo clean
+.PHONY: install test test-ui test-readme test-distributed lint demo clean
 
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ lint: install
 
 # Fast and self-contained: no browser, no Airflow services, no PostgreSQL or Redis.
 test: install lint
-	$(BIN)/pytest -m "not ui and not services and not distributed"
+	$(BIN)/pytest -m "not ui and not services and not distributed and not readme"
 
 # Browser tests: a real api-server driven by headless Debian Chromium through Playwright (never
 # `playwright install`). If the Chromium package cannot be installed the tests skip, saying why.
@@ -38,6 +38,11 @@ test-ui: install
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; } \
 		|| echo "WARNING: could not install Debian chromium; browser tests will be skipped"
 	$(BIN)/pytest -m "ui or services" tests/ui
+
+# The README's "Pointing it at real servers" block, literally, in a fresh virtualenv and Airflow home
+# (pip downloads the tested set from PyPI), then the view through a real api-server. Prints its time.
+test-readme: install
+	$(BIN)/pytest -m readme -rP tests/ui/test_readme_path.py
 
 $(DIST_STAMP): $(STAMP) requirements-distributed.txt constraints.txt
 	$(BIN)/python -m pip install --quiet -r requirements-distributed.txt -c constraints.txt

@@ -12,10 +12,10 @@ from airflow.sdk import DAG, Asset, task
 
 from esl_operators import EslAggregateOperator, EslFetchOperator
 from esl_operators.config import (
-    FETCH_POOL,
     MAX_ACTIVE_FETCHES_PER_RUN,
     OUTPUT_ASSET_NAME,
     OUTPUT_ASSET_URI,
+    fetch_pool,
 )
 from esl_operators.settings import dag_params, templated
 
@@ -46,7 +46,7 @@ with DAG(
         **templated("fetch"),  # every fetch setting, from the run's params (esl_operators.settings)
         retries=2,
         retry_delay=timedelta(minutes=1),
-        pool=FETCH_POOL,  # bounds fetch tasks across all runs and workers (README: Scale-out)
+        pool=fetch_pool(),  # $ESL_EXPORT_POOL, else default_pool (README: Scale-out)
         max_active_tis_per_dagrun=MAX_ACTIVE_FETCHES_PER_RUN,
     ).expand(servers=plan_batches())
 

@@ -95,8 +95,14 @@ def aggregate_run(
     spreadsheet_safe: bool | None = None,
     params: Mapping[str, Any] | None = None,
     report: bool = True,
+    anchor_source: str = "date",
 ) -> RunSummary:
-    """Publish the partitions and the run manifest (and ``report.html``); return a small summary."""
+    """Publish the partitions and the run manifest (and ``report.html``); return a small summary.
+
+    ``anchor_source`` says where the batches' heartbeat anchor came from: for a DAG run one of
+    :data:`esl_operators.config.ANCHOR_SOURCES`; ``"date"`` (the default) is midnight UTC of ``ds``, as
+    the standalone command anchors.
+    """
     started = time.monotonic()
     style, zone = check_style(header_style, timezone)
     guarded = spreadsheet_safe_for(style, spreadsheet_safe)
@@ -146,6 +152,7 @@ def aggregate_run(
         partitions,
         rows_by_store,
         ds=ds,
+        anchor_source=anchor_source,
         header_style=style,
         columns=columns_for(style),
         spreadsheet_safe=guarded,

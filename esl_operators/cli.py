@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import aiohttp
 
+from esl_operators import __version__, install
 from esl_operators.aggregate import aggregate_run
 from esl_operators.batch import error_summary, run_batches
 from esl_operators.client import ServerTarget
@@ -61,7 +62,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="esl-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    install.add_parser(commands)
     fetch = commands.add_parser(
         "fetch",
         help="export a fleet for one date",
@@ -120,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        if args.command == "install-dag":
+            return install.run(args)
         return fetch(args)
     except EslError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,14 +2,15 @@
 
 The settings themselves (types, defaults, bounds) are the table in :mod:`esl_operators.settings`; this
 module resolves what the table cannot know: the server list, the output root, the run's anchor and the
-Airflow limits a plan must respect. Called at run time by tasks (never at DAG-parse time); no files
-are touched here.
+Airflow limits a plan must respect. Called at run time by tasks (never at DAG-parse time), except
+:func:`fetch_pool`, which reads only the environment; no files are touched here.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from esl_operators.exceptions import ConfigError
@@ -21,9 +22,12 @@ OUTPUT_ROOT_VARIABLE = "esl_output_root"
 DEFAULT_OUTPUT_ROOT = "./data/esl_export"
 DAG_ID = "esl_export"
 
-#: Airflow pool every fetch task runs in; create it with ``airflow pools set esl_working 16 "..."``.
-#: Its slots bound the fetch tasks running at once across all runs and workers.
-FETCH_POOL = "esl_working"
+#: Environment variable naming the Airflow pool of the fetch tasks, read where the DAG is parsed (the
+#: dag-processor, ``airflow dags test``); unset, they run in Airflow's own ``default_pool``, which every
+#: installation has. A named pool must exist (``airflow pools set NAME 16 "..."``): tasks of a missing
+#: pool are never scheduled.
+POOL_ENV = "ESL_EXPORT_POOL"
+DEFAULT_POOL = "default_pool"
 #: Fetch tasks of one run that may run at once, whatever the pool allows.
 MAX_ACTIVE_FETCHES_PER_RUN = 8
 #: The name of the Asset the aggregate task updates when a date is published.
@@ -31,6 +35,15 @@ OUTPUT_ASSET_NAME = "esl_export_csv"
 OUTPUT_ASSET_URI = "x-esl-export://esl_export/csv"
 #: Airflow's default for ``[core] max_map_length``.
 DEFAULT_MAX_MAP_LENGTH = 1024
+
+
+def fetch_pool() -> str:
+    """The pool of the fetch tasks: ``$ESL_EXPORT_POOL``, else ``default_pool``.
+
+    The one setting read at DAG-parse time (where the dag-processor runs): from the environment only,
+    never the database.
+    """
+    return os.environ.get(POOL_ENV, "").strip() or DEFAULT_POOL
 
 
 def resolve_servers(param_value: Any) -> list[str]:
@@ -89,17 +102,28 @@ def resolve_output_root(param_value: str | None) -> Any:
     return ObjectStoragePath(root)
 
 
-def run_anchor(context: Mapping[str, Any]) -> tuple[datetime, str]:
-    """The heartbeat anchor (``data_interval_end``) and the output date folder of a run.
+#: Where a run's heartbeat anchor came from, in order of preference; recorded as the run manifest's
+#: ``anchor_source``. The standalone command anchors on midnight UTC of ``--date`` (``"date"``).
+ANCHOR_SOURCES = ("logical_date", "data_interval_end", "run_after")
 
-    Never the wall clock: a backfill of a past date must look back from that date. Runs triggered
-    without a logical date fall back to the run's ``run_after``.
+
+def anchor_of(context: Mapping[str, Any]) -> tuple[datetime, str]:
+    """The heartbeat anchor of a run and where it came from (one of :data:`ANCHOR_SOURCES`).
+
+    The logical date whenever the run has one, so a scheduled run, a backfill, the UI's trigger form and
+    ``airflow dags trigger --logical-date D`` all anchor on D (the CLI sets ``data_interval_end`` to the
+    trigger time). Runs without a logical date fall back to ``data_interval_end``, then ``run_after``.
+    Never the wall clock: a backfill of a past date must look back from that date.
     """
     dag_run = context.get("dag_run")
-    anchor = (
-        context.get("data_interval_end") or context.get("logical_date") or getattr(dag_run, "run_after", None)
-    )
-    if anchor is None:
-        raise ConfigError("the run has no data_interval_end, logical_date or run_after to anchor on")
-    ds = context.get("ds") or anchor.strftime("%Y-%m-%d")
-    return anchor, ds
+    for source in ANCHOR_SOURCES:
+        anchor = context.get(source) if source != "run_after" else getattr(dag_run, "run_after", None)
+        if anchor is not None:
+            return anchor, source
+    raise ConfigError("the run has no logical_date, data_interval_end or run_after to anchor on")
+
+
+def run_anchor(context: Mapping[str, Any]) -> tuple[datetime, str]:
+    """The heartbeat anchor (see :func:`anchor_of`) and the output date folder (its UTC date) of a run."""
+    anchor, _ = anchor_of(context)
+    return anchor, anchor.astimezone(UTC).strftime("%Y-%m-%d")

@@ -130,6 +130,9 @@ class Durations(TypedDict):
 class RunManifest(TypedDict):
     date: str
     anchor: str | None
+    #: Where ``anchor`` came from: ``logical_date``, ``data_interval_end`` or ``run_after`` for a DAG run
+    #: (:data:`esl_operators.config.ANCHOR_SOURCES`), ``date`` for the standalone command's ``--date``.
+    anchor_source: str
     heartbeat_cutoff: str | None
     header_style: str
     columns: list[str]
@@ -231,6 +234,7 @@ def run_manifest(
     rows_by_store: dict[str, dict[str, int]],
     *,
     ds: str,
+    anchor_source: str,
     header_style: str,
     columns: Sequence[str],
     spreadsheet_safe: bool = False,
@@ -246,6 +250,7 @@ def run_manifest(
     return {
         "date": ds,
         "anchor": batches[0]["anchor"] if batches else None,
+        "anchor_source": anchor_source,
         "heartbeat_cutoff": batches[0]["heartbeat_cutoff"] if batches else None,
         "header_style": header_style,
         "columns": list(columns),

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import BaseOperator
 
-from esl_operators.config import resolve_output_root, run_anchor
+from esl_operators.config import anchor_of, resolve_output_root, run_anchor
 from esl_operators.exceptions import ConfigError, EslError
 from esl_operators.manifest import BatchManifest, RunSummary
 from esl_operators.redaction import redact_url
@@ -113,7 +113,12 @@ class EslAggregateOperator(BaseOperator):
         # Index by position: iterating a lazy XCom sequence probes one past the end and logs a 404.
         manifests = self.manifests or []
         summary = aggregate_run(
-            [manifests[i] for i in range(len(manifests))], output_root=root, ds=ds, params=params, **options
+            [manifests[i] for i in range(len(manifests))],
+            output_root=root,
+            ds=ds,
+            params=params,
+            anchor_source=anchor_of(context)[1],
+            **options,
         )
         announce_published(context, self.outlets, published_event(summary, str(root / ds)))
         return summary

@@ -60,8 +60,8 @@ def epoch_ms(moment: datetime) -> int:
 def heartbeat_cutoff_ms(anchor: datetime, lookback_days: int) -> int:
     """Oldest ``last_hb_time`` still kept: the anchor minus the lookback window.
 
-    The anchor is the run's ``data_interval_end``, never the wall clock, so a backfill for a past date
-    keeps the labels seen in the window before that date.
+    The anchor is the run's logical date (:func:`esl_operators.config.anchor_of`), never the wall
+    clock, so a backfill for a past date keeps the labels seen in the window before that date.
     """
     if lookback_days < 0:
         raise ValueError(f"lookback_days must be >= 0, got {lookback_days}")

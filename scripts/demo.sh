@@ -13,6 +13,8 @@ export AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__UNIT_TEST_MODE=False
 export AIRFLOW_VAR_ESL_OUTPUT_ROOT=$ROOT/data/esl_export
+# The fetch tasks' pool (README: Scale-out), read when the DAG is parsed; created below.
+export ESL_EXPORT_POOL=esl_working
 export AIRFLOW_VAR_ESL_SERVERS='["esl_store_a", "esl_store_b", "esl_store_c"]'
 for i in 0 1 2; do
   name=$(printf '\x'"$(printf %x $((65 + i)))")   # A, B, C
@@ -33,8 +35,8 @@ for _ in $(seq 100); do  # up to ~10 s for the last server to listen
 done
 
 "$BIN/airflow" db migrate > "$AIRFLOW_HOME/migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/migrate.log"; exit 1; }
-# The pool every fetch task runs in (README: Scale-out); scheduled runs need it to exist.
-"$BIN/airflow" pools set esl_working 16 "ESL-Working fetch tasks" >> "$AIRFLOW_HOME/migrate.log" 2>&1 \
+# The pool named by ESL_EXPORT_POOL must exist, or its tasks are never scheduled.
+"$BIN/airflow" pools set "$ESL_EXPORT_POOL" 16 "ESL-Working fetch tasks" >> "$AIRFLOW_HOME/migrate.log" 2>&1 \
   || { tail -20 "$AIRFLOW_HOME/migrate.log"; exit 1; }
 echo "== airflow dags test esl_export $DS"
 "$BIN/airflow" dags test esl_export "$DS" > "$AIRFLOW_HOME/dags-test.log" 2>&1 \

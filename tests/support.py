@@ -10,6 +10,8 @@ import contextlib
 import csv
 import datetime as dt
 import json
+import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -211,3 +213,34 @@ def simulator_cli(args: Sequence[str], lines: int) -> Iterator[tuple[subprocess.
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate(timeout=10)
+
+
+# --- this checkout, as a user installs it ------------------------------------------------------------
+
+
+def copy_checkout(dest: Path) -> Path:
+    """The files git tracks or would track (new, not ignored) from the working tree, copied to ``dest``.
+
+    For tests that install the package the way a user does (``pip install .``): building in the working
+    tree would leave ``build/`` behind, and setuptools packs whatever an earlier build left in
+    ``build/lib`` into the next wheel. Symlinks are kept as symlinks, as in a fresh clone.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    for relative in sorted(set(filter(None, listed.split("\0")))):
+        source = REPO / relative
+        if not source.is_symlink() and not source.exists():
+            continue  # deleted in the working tree, not yet in the index
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        else:
+            shutil.copy2(source, target)
+    return dest

@@ -9,6 +9,7 @@ connections. Airflow settings are checked against Airflow's own list of options,
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from esl_operators.config import FETCH_POOL, OUTPUT_ROOT_VARIABLE, SERVERS_VARIABLE
+from esl_operators.config import OUTPUT_ROOT_VARIABLE, POOL_ENV, SERVERS_VARIABLE
 from tests.support import REPO
 
 COMPOSE = REPO / "docker-compose.yaml"
@@ -86,7 +87,7 @@ def test_services_follow_the_celery_layout(compose: dict[str, Any]) -> None:
         after = services[name]["depends_on"]
         assert after["airflow-init"] == {"condition": "service_completed_successfully"}, name
         assert after["postgres"] == after["redis"] == {"condition": "service_healthy"}, name
-    assert set(compose["volumes"]) == {"postgres-db", "esl-data", "airflow-logs"}
+    assert set(compose["volumes"]) == {"postgres-db", "esl-data", "airflow-logs", "airflow-auth"}
     # The UI is published on the host's loopback only; nothing else is published.
     assert services["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
     assert [n for n, s in services.items() if "ports" in s] == ["airflow-apiserver"]
@@ -111,17 +112,41 @@ def test_airflow_environment_is_celery_on_postgres_and_redis(compose: dict[str, 
     assert {k: v for k, v in worker_env.items() if k != "DUMB_INIT_SETSID"} == env
 
 
-def test_init_migrates_and_creates_the_fetch_pool(compose: dict[str, Any]) -> None:
-    init = compose["services"]["airflow-init"]
-    script = init["command"][1]
-    steps = [line.strip() for line in script.splitlines() if line.strip()]
+def _init_steps(compose: dict[str, Any]) -> list[str]:
+    script = compose["services"]["airflow-init"]["command"][1]
+    return [line.split("  #")[0].strip() for line in script.splitlines() if line.strip()]
+
+
+def test_init_migrates_creates_the_fetch_pool_and_unpauses_the_dag(compose: dict[str, Any]) -> None:
+    steps = _init_steps(compose)
     assert steps[0] == "set -euo pipefail"
     migrate = steps.index("/entrypoint airflow db migrate")
+    # One name: the pool airflow-init creates is the one the DAG reads from ESL_EXPORT_POOL.
+    assert compose["x-airflow-common"]["environment"][POOL_ENV] == "esl_working"
     pool = next(
-        i for i, s in enumerate(steps) if s.startswith(f"/entrypoint airflow pools set {FETCH_POOL} ")
+        i for i, s in enumerate(steps) if s.startswith(f'/entrypoint airflow pools set "$${{{POOL_ENV}}}" ')
     )
-    assert migrate < pool
-    assert re.fullmatch(rf'/entrypoint airflow pools set {FETCH_POOL} \d+ ".+"', steps[pool])
+    assert re.fullmatch(rf'/entrypoint airflow pools set "\$\${{{POOL_ENV}}}" \d+ ".+"', steps[pool])
+    # DAGs start paused (DAGS_ARE_PAUSED_AT_CREATION): parse them now, then unpause the export.
+    reserialize = steps.index("/entrypoint airflow dags reserialize")
+    unpause = steps.index("/entrypoint airflow dags unpause esl_export")
+    assert migrate < pool < reserialize < unpause
+    env = compose["services"]["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "true"
+
+
+def test_the_generated_admin_password_lives_on_a_volume(compose: dict[str, Any]) -> None:
+    env = compose["services"]["airflow-apiserver"]["environment"]
+    password_file = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+    folder = password_file.rsplit("/", 1)[0]
+    volumes = compose["services"]["airflow-apiserver"]["volumes"]
+    [named] = [v.split(":")[0] for v in volumes if v.split(":")[1] == folder]
+    assert named in compose["volumes"]  # a named volume, not the container's own file system
+    steps = _init_steps(compose)
+    assert any(s.startswith("mkdir -p ") and folder in s.split() for s in steps)
+    assert any(s.startswith('chown -R "${AIRFLOW_UID:-50000}:0" ') and folder in s.split() for s in steps)
+    # The README says how to read it.
+    assert f"docker compose exec airflow-apiserver cat {password_file}" in (REPO / "README.md").read_text()
 
 
 def test_esl_variables_and_example_connections(compose: dict[str, Any]) -> None:
@@ -142,13 +167,33 @@ def test_esl_variables_and_example_connections(compose: dict[str, Any]) -> None:
     assert ports == [args.base_port + i for i in range(args.servers)]
 
 
+def _dockerfile_instructions() -> list[str]:
+    """Instructions of the Dockerfile, continuation lines joined, comments dropped."""
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def test_dockerfile_builds_on_the_pinned_airflow_and_installs_the_package() -> None:
-    lines = [line for line in (REPO / "Dockerfile").read_text(encoding="utf-8").splitlines() if line.strip()]
-    instructions = [line for line in lines if not line.startswith("#")]
+    instructions = _dockerfile_instructions()
     pinned = next(
         line for line in (REPO / "requirements.txt").read_text().splitlines() if "apache-airflow==" in line
     )
     assert instructions[0] == f"FROM apache/airflow:{pinned.split('==')[1]}"
-    assert any("pip install" in line and "/opt/esl-export" in line for line in instructions)
+    [install] = [line for line in instructions if "pip install" in line]
+    # The tested versions: the same constraints file as `make install`, copied into the image.
+    assert " -c /opt/esl-export/constraints.txt " in install and '"/opt/esl-export[amazon]"' in install
+    copied = {
+        source: line.split()[-1]
+        for line in instructions
+        if line.startswith("COPY ")
+        for source in line.split()[2:-1]
+    }
+    assert copied["constraints.txt"] == "/opt/esl-export/"
+    # The package's DAG file is a symlink to dags/esl_export.py: its target must be in the image too.
+    link = REPO / "esl_operators" / "dags" / "esl_export.py"
+    target = (link.parent / os.readlink(link)).resolve().relative_to(REPO)
+    assert copied[str(target)] == f"/opt/esl-export/{target}"
+    assert copied["esl_operators"] == "/opt/esl-export/esl_operators"
     ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".venv", ".git", "data", "tests"} <= set(ignored)

@@ -1,4 +1,7 @@
-"""Airflow http connections (``AIRFLOW_CONN_*`` env vars) -> ServerTarget, and the server-list settings."""
+"""Airflow http connections (``AIRFLOW_CONN_*`` env vars) -> ServerTarget, and the server-list settings.
+
+Stored connections (``airflow connections add``) under ``airflow dags test``: test_stored_connections.py.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from aiohttp import web
 from esl_operators.client import EslClient
 from esl_operators.config import split_batches
 from esl_operators.exceptions import ConfigError
-from esl_operators.hooks import resolve_targets
+from esl_operators.hooks import MissingConnectionError, resolve_targets
 from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.settings import parse_server_list
 from esl_operators.simulator import envelope
@@ -96,10 +99,97 @@ def test_verify_ssl_extra(monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any]
     assert dict(target.headers) == {"X-Tenant": "eu"}  # request options never leak into headers
 
 
-def test_missing_connection_names_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_connection_fails_without_retry_naming_the_id_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
     define(monkeypatch, "esl_here", host="127.0.0.1", port=PORT)
-    with pytest.raises(Exception, match=r"^The conn_id `esl_nowhere` isn't defined$"):
-        resolve_targets(["esl_here", "esl_nowhere"])
+    with pytest.raises(MissingConnectionError) as caught:
+        resolve_targets(["esl_gone", "esl_here", "esl_nowhere"])
+    assert isinstance(caught.value, AirflowFailException)  # the task runner does not retry these
+    assert isinstance(caught.value, ConfigError)
+    assert caught.value.conn_ids == ["esl_gone", "esl_nowhere"]  # every missing id, in order
+    assert str(caught.value).splitlines() == [
+        f"Airflow connection {name!r} is not defined (looked up in AIRFLOW_CONN_{name.upper()}, the "
+        "secrets backends and the metadata database); create it with: airflow connections add "
+        f"{name} --conn-type http --conn-host HOST --conn-port PORT [--conn-login USER "
+        "--conn-password PASSWORD]"
+        for name in ("esl_gone", "esl_nowhere")
+    ]
+
+
+def test_a_full_url_host_is_the_base_url_and_the_port_is_appended(monkeypatch: pytest.MonkeyPatch) -> None:
+    define(monkeypatch, "esl_url", host="https://esl.example.com", schema="http", port=8443)
+    define(monkeypatch, "esl_url_only", host="https://esl.example.com/prefix")
+    first, second = resolve_targets(["esl_url", "esl_url_only"])
+    assert first.base_url == "https://esl.example.com:8443"  # the URL's scheme wins over schema
+    assert second.base_url == "https://esl.example.com/prefix"
+
+
+def test_login_without_password_is_basic_auth_with_an_empty_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    define(monkeypatch, "esl_user", host="127.0.0.1", port=PORT, login="reader")
+    [target] = resolve_targets(["esl_user"])
+    assert target.auth == aiohttp.BasicAuth("reader", "")
+
+
+def test_timeouts_and_a_ca_bundle_come_from_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = {"timeout": "12.5", "connect_timeout": 3, "verify": "/etc/esl/ca.pem", "X-Tenant": "eu"}
+    define(monkeypatch, "esl_opts", host="esl.example.com", schema="https", extra=extra)
+    [target] = resolve_targets(["esl_opts"])
+    assert (target.timeout_s, target.connect_timeout_s) == (12.5, 3.0)
+    assert (target.verify_ssl, target.ca_bundle) == (True, "/etc/esl/ca.pem")
+    assert dict(target.headers) == {"X-Tenant": "eu"}
+
+
+def test_verify_wins_over_verify_ssl_and_no_options_means_run_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    define(monkeypatch, "esl_both", host="h", extra={"verify": False, "verify_ssl": True})
+    define(monkeypatch, "esl_plain", host="h")
+    both, plain = resolve_targets(["esl_both", "esl_plain"])
+    assert both.verify_ssl is False and dict(both.headers) == {}
+    assert (plain.timeout_s, plain.connect_timeout_s, plain.ca_bundle) == (None, None, None)
+
+
+def test_request_options_we_do_not_apply_are_named_and_never_sent_as_headers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = {"proxy": "http://proxy:3128", "allow_redirects": False, "X-Tenant": "eu"}
+    define(monkeypatch, "esl_proxy", host="h", extra=extra)
+    with caplog.at_level("WARNING", logger="esl_operators.hooks"):
+        [target] = resolve_targets(["esl_proxy"])
+    assert dict(target.headers) == {"X-Tenant": "eu"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "connection 'esl_proxy': extra ['allow_redirects', 'proxy'] not applied by esl-export, ignored"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"timeout": "soon"}, "connection 'esl_bad': extra 'timeout' must be a number of seconds"),
+        ({"connect_timeout": 0}, "connection 'esl_bad': extra 'connect_timeout' must be positive"),
+        ({"timeout": -1}, "connection 'esl_bad': extra 'timeout' must be positive"),
+    ],
+)
+def test_unusable_timeout_extras_are_config_errors(
+    monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any], message: str
+) -> None:
+    define(monkeypatch, "esl_bad", host="h", extra=extra)
+    with pytest.raises(ConfigError) as caught:
+        resolve_targets(["esl_bad"])
+    assert str(caught.value) == message
+
+
+def test_an_extra_that_is_no_json_object_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = {"conn_type": "http", "host": "h", "extra": "[1]"}
+    monkeypatch.setenv("AIRFLOW_CONN_ESL_LIST", json.dumps(conn))
+    with pytest.raises(ConfigError) as caught:
+        resolve_targets(["esl_list"])
+    assert str(caught.value) == "connection 'esl_list': extra must be a JSON object, got list"
 
 
 def test_non_http_base_url_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,7 +218,7 @@ def test_resolved_headers_and_auth_reach_the_wire(monkeypatch: pytest.MonkeyPatc
                 monkeypatch, "esl_wire", host="127.0.0.1", port=port, login="user", password="s3cret",
                 extra={"X-Tenant": "eu"},
             )  # fmt: skip
-            # resolve_targets runs its own loop, so it is called from a worker thread here.
+            # As in a task: connections are resolved synchronously, outside the event loop.
             [target] = await asyncio.to_thread(resolve_targets, ["esl_wire"])
             timeout = aiohttp.ClientTimeout(total=10)
             async with aiohttp.ClientSession(timeout=timeout) as session:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from esl_operators.config import (
-    FETCH_POOL,
     MAX_ACTIVE_FETCHES_PER_RUN,
     OUTPUT_ASSET_NAME,
     OUTPUT_ASSET_URI,
+    POOL_ENV,
     check_map_length,
     max_map_length,
 )
@@ -74,13 +74,29 @@ def test_defaults_validate() -> None:
     assert load_dag().params.validate()["max_concurrency"] == 4
 
 
-def test_fetch_tasks_run_in_the_pool_with_a_per_run_cap_and_aggregate_updates_the_asset() -> None:
+def test_fetch_tasks_run_in_default_pool_with_a_per_run_cap_and_aggregate_updates_the_asset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(POOL_ENV, raising=False)
     dag = load_dag()
     fetch, aggregate = dag.get_task("fetch"), dag.get_task("aggregate")
-    assert (fetch.pool, fetch.max_active_tis_per_dagrun) == (FETCH_POOL, MAX_ACTIVE_FETCHES_PER_RUN)
-    assert FETCH_POOL == "esl_working"
+    # Nothing to create first: every Airflow has default_pool.
+    assert (fetch.pool, fetch.max_active_tis_per_dagrun) == ("default_pool", MAX_ACTIVE_FETCHES_PER_RUN)
     assert [(a.name, a.uri) for a in aggregate.outlets] == [(OUTPUT_ASSET_NAME, OUTPUT_ASSET_URI)]
     assert dag.get_task("plan_batches").pool == "default_pool"
+
+
+@pytest.mark.parametrize(
+    ("value", "pool"),
+    [("esl_working", "esl_working"), (" esl_working ", "esl_working"), ("", "default_pool")],
+)
+def test_esl_export_pool_names_the_fetch_pool_at_parse_time(
+    monkeypatch: pytest.MonkeyPatch, value: str, pool: str
+) -> None:
+    monkeypatch.setenv(POOL_ENV, value)
+    dag = load_dag()  # with the network cut off, so no database or API lookup either
+    assert dag.get_task("fetch").pool == pool
+    assert dag.get_task("plan_batches").pool == dag.get_task("aggregate").pool == "default_pool"
 
 
 def test_example_consumer_is_scheduled_on_the_asset_and_off_by_default() -> None:

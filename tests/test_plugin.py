@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from esl_operators.config import DAG_ID
 from esl_operators.simulator import build_fleet
 from esl_operators.web import create_app, published_file
 from tests.report_data import HOSTILE, Places, assert_inert, clipped, hostile_fleet, publish_run
-from tests.support import ANCHOR_MS, DS, REPO, load_dag
+from tests.support import ANCHOR_MS, DS, load_dag
 
 SECRET = "top secret, outside the output root"
 
@@ -248,13 +247,9 @@ def test_output_root_comes_from_the_variable(
 
 
 def test_plugin_registers_the_app_and_the_browse_entry() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "esl_exports_plugin", REPO / "plugins" / "esl_exports_plugin.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    plugin = module.EslExportsPlugin
+    # Registered through the package's entry point: tests/test_install.py loads it as Airflow does.
+    from esl_operators.plugin import EslExportsPlugin as plugin
+
     [app] = plugin.fastapi_apps
     assert app["url_prefix"] == "/esl-exports"
     assert not app["url_prefix"].startswith(("/api/v2", "/ui", "/execution", "/auth", "/pluginsv2"))
@@ -271,11 +266,9 @@ def test_the_view_guards_the_dag_that_writes_the_output() -> None:
 
 HEAVY = ("matplotlib", "pandas", "pyarrow", "numpy")
 _LOAD_PLUGIN = """
-import importlib.util, json, sys
+import importlib, json, sys
 from pathlib import Path
-spec = importlib.util.spec_from_file_location("esl_exports_plugin", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+module = importlib.import_module(sys.argv[1])  # what the airflow.plugins entry point loads
 [app] = module.EslExportsPlugin.fastapi_apps
 from esl_operators.web.app import listing_page
 html = listing_page(Path(sys.argv[2]))
@@ -285,9 +278,8 @@ print(json.dumps({"loaded": sorted(m for m in sys.argv[3:] if m in sys.modules),
 
 def test_loading_the_plugin_imports_no_heavy_library(tree: Path) -> None:
     """Every Airflow process loads the plugin: it must not drag in the report's libraries."""
-    plugin = REPO / "plugins" / "esl_exports_plugin.py"
     done = subprocess.run(
-        [sys.executable, "-c", _LOAD_PLUGIN, str(plugin), str(tree), *HEAVY],
+        [sys.executable, "-c", _LOAD_PLUGIN, "esl_operators.plugin", str(tree), *HEAVY],
         capture_output=True,
         text=True,
         timeout=120,

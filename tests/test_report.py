@@ -3,6 +3,7 @@ manifest failures are shown with their reasons, data is escaped, and the page ne
 
 from __future__ import annotations
 
+import html
 import importlib.resources
 import json
 import re
@@ -307,6 +308,22 @@ def test_every_run_manifest_field_has_its_place_in_the_report() -> None:
         box = housekeeping if key in HOUSEKEEPING else attention
         assert f"<h3>{key.replace('_', ' ').capitalize()}" in box, key
     assert "Failed store rows dropped: 7" in attention and "Removed labels (2)" in attention
+
+
+@pytest.mark.parametrize(
+    ("source", "named"),
+    [
+        ("logical_date", ": the run's logical date)"),
+        ("date", ": the date given to esl-export fetch)"),
+        (None, ")"),
+        ("<script>", ")"),  # unknown: not named, and never echoed
+    ],
+)
+def test_the_header_names_where_the_anchor_came_from(source: str | None, named: str) -> None:
+    manifest = {**MANIFEST, "anchor_source": source}
+    page = render_report(_stats([ROWS]), manifest, anchor_ms=ANCHOR_MS)
+    assert f"7 days before the run's anchor, 2024-05-10 00:00 UTC{named}." in html.unescape(page)
+    assert "<script>" not in page
 
 
 def test_row_count_mismatch_is_flagged() -> None:

@@ -43,6 +43,7 @@ SHOWN_ELSEWHERE = frozenset(
     {
         "date",
         "anchor",
+        "anchor_source",  # beside the anchor in the page's header
         "heartbeat_cutoff",
         "header_style",
         "columns",

@@ -22,6 +22,15 @@ from esl_operators.templating import render
 DEFAULT_LOOKBACK_DAYS = 7
 
 
+#: How the header names the manifest's ``anchor_source`` (unknown or missing: not named).
+ANCHOR_SOURCE_NAMES = {
+    "logical_date": "the run's logical date",
+    "data_interval_end": "the end of the run's data interval",
+    "run_after": "the run's run-after time",
+    "date": "the date given to esl-export fetch",
+}
+
+
 def render_report(
     stats: FleetStats, manifest: Mapping[str, Any], *, anchor_ms: int, battery_threshold: int = 20
 ) -> str:
@@ -36,6 +45,7 @@ def render_report(
         window={
             "cutoff": moment(view.cutoff_ms),
             "anchor": moment(view.anchor_ms),
+            "source": ANCHOR_SOURCE_NAMES.get(str(manifest.get("anchor_source"))),
             "days": view.lookback_days,
         },
         problems=[f for f in found if f.attention],

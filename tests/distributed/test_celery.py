@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from esl_operators.config import FETCH_POOL
+from esl_operators.config import POOL_ENV
 from esl_operators.simulator import Fleet, SimulatorThread, build_fleet, reference_ms_for
 from tests.distributed.services import Postgres, Redis, missing_reason
 from tests.expected import expected_partition
@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
 DAY = dt.date(2024, 5, 10)
 SERVERS = [f"esl_store_{i}" for i in range(6)]
 WORKERS = ["worker-a", "worker-b"]
+FETCH_POOL = "esl_working"
 # The dead-worker run: two slow servers on another date, one request in flight each, so a fetch task
 # lasts long enough (120 labels x 100 ms) for the kill to land in the middle of it.
 KILL_DAY = dt.date(2024, 5, 11)
@@ -93,6 +94,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "AIRFLOW_VAR_ESL_OUTPUT_ROOT": str(base / "esl_export"),
                 "AIRFLOW_VAR_ESL_SERVERS": json.dumps(SERVERS),
                 "PYTHONPATH": str(REPO),  # the hostname callable lives in tests/
+                POOL_ENV: FETCH_POOL,  # the fetch tasks' own pool, created below
             }
             env.update(connection_env(SERVERS, sim.ports))
             env.update(connection_env(SLOW_SERVERS, slow.ports))

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from esl_operators.config import FETCH_POOL
+from esl_operators.config import POOL_ENV
 from esl_operators.simulator import SimulatorThread, build_fleet, reference_ms_for
 from tests.support import connection_env
 from tests.ui.harness import AirflowHome, chromium_missing_reason
@@ -34,11 +34,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- one running Airflow (api-server, scheduler, dag-processor) for the trigger and backfill tests ---
 
 SERVERS = ["esl_sim_0", "esl_sim_1", "esl_sim_2"]
+FETCH_POOL = "esl_working"
 
 
 @pytest.fixture(scope="session")
 def esl_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EslAirflow]:
-    """Simulator + api-server + scheduler + dag-processor; the pool exists and esl_export is unpaused.
+    """Simulator + api-server + scheduler + dag-processor; esl_export is unpaused.
+
+    The fetch tasks run in a pool of their own (``ESL_EXPORT_POOL``, created first), so the named-pool
+    path is what the scheduler exercises here; the README's path (test_readme_path.py) uses default_pool.
 
     The scheduler creates no scheduled runs (``use_job_schedule = False``): the only runs are the
     ones the tests trigger or backfill, so each test knows exactly which runs are its own.
@@ -52,6 +56,7 @@ def esl_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EslAirflow
             "AIRFLOW_VAR_ESL_OUTPUT_ROOT": str(root),
             "AIRFLOW_VAR_ESL_SERVERS": json.dumps(SERVERS),
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            POOL_ENV: FETCH_POOL,
         }
         env.update(connection_env(SERVERS, sim.ports))
         home = AirflowHome.create(base / "home", extra_env=env)

@@ -106,12 +106,13 @@ def test_trigger_form_run_publishes_the_chosen_layout(esl_airflow: EslAirflow) -
     states = {ti["task_id"]: ti["state"] for ti in rest.task_instances("esl_export", run["dag_run_id"])}
     assert done["state"] == "success", states
 
-    # The heartbeat anchor is the run's data_interval_end (the form's logical date), never the clock.
-    anchor = done["data_interval_end"] or done["run_after"]
+    # The heartbeat anchor is the run's logical date (the form's, which defaults to now), never the clock.
+    anchor = done["logical_date"]
     ds = anchor[:10]
     cutoff = _epoch_ms(anchor) - 3 * DAY_MS
     out = esl_airflow.output_root / ds
     manifest = json.loads((out / "_manifest.json").read_text(encoding="utf-8"))
+    assert manifest["anchor_source"] == "logical_date"
     assert manifest["params"]["servers_per_batch"] == 2 and manifest["params"]["lookback_days"] == 3
     assert sorted(p.name for p in out.glob("esl_id_part_*.csv")) == ["esl_id_part_1.csv", "esl_id_part_2.csv"]
     fleet, names = esl_airflow.fleet, esl_airflow.servers

@@ -1,5 +1,8 @@
 """Airflow plugin: "ESL exports" under Browse, listing run dates with their report and CSV files.
 
+Registered by the package's ``airflow.plugins`` entry point (pyproject.toml), so installing esl-export
+is enough; nothing is copied into a plugins folder (which would register it a second time).
+
 The view is a FastAPI sub-app mounted by the api-server at ``/esl-exports``; the nav entry embeds it
 in the Airflow UI (``url_route``). Access control lives in the sub-app itself
 (:func:`esl_operators.web.require_reader`), since Airflow leaves plugin apps unprotected.

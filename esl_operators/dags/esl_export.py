@@ -1,0 +1,1 @@
+../../dags/esl_export.py
