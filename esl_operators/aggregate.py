@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 
 from esl_operators.cleaning import drop_duplicates, drop_failed
-from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order
+from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order, spreadsheet_safe_for
 from esl_operators.exceptions import EslError
 from esl_operators.manifest import BatchManifest, Partition, RunSummary, run_manifest
 from esl_operators.merge import merge_runs
@@ -118,6 +118,7 @@ def publish_partition(
     *,
     header_style: HeaderStyle,
     zone: ZoneInfo,
+    spreadsheet_safe: bool,
     budget: Budget,
     sinks: Sequence[RowSink],
 ) -> PartitionCounts:
@@ -131,7 +132,7 @@ def publish_partition(
             )
 
     def render(rows: pa.Table) -> pa.ChunkedArray:
-        return render_lines(rows, header_style, zone)
+        return render_lines(rows, header_style, zone, spreadsheet_safe)
 
     header = columns_for(header_style)
     with contextlib.ExitStack() as stack:
@@ -171,6 +172,7 @@ def aggregate_run(
     ds: str,
     header_style: str = "standard",
     timezone: str = "UTC",
+    spreadsheet_safe: bool | None = None,
     params: Mapping[str, Any] | None = None,
     report: bool = True,
     aggregate_memory_mb: int = default("aggregate_memory_mb"),
@@ -185,6 +187,7 @@ def aggregate_run(
     """
     started = time.monotonic()
     style, zone = check_style(header_style, timezone)
+    guarded = spreadsheet_safe_for(style, spreadsheet_safe)
     ordered = _check_batches(manifests)
     folder = run_dir(output_root, ds)
     (folder / SUCCESS_NAME).unlink(missing_ok=True)
@@ -207,6 +210,7 @@ def aggregate_run(
             folder / name,
             header_style=style,
             zone=zone,
+            spreadsheet_safe=guarded,
             budget=budget,
             sinks=sinks,
         )
@@ -230,6 +234,7 @@ def aggregate_run(
         anchor_source=anchor_source,
         header_style=style,
         columns=columns_for(style),
+        spreadsheet_safe=guarded,
         params=params,
         removed_files=removed,
     )

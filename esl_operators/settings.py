@@ -315,6 +315,13 @@ SETTINGS: tuple[Setting, ...] = (
         tasks=("aggregate",), check=_known_zone,
     ),
     Setting(
+        "spreadsheet_safe", "boolean", None, "Guard spreadsheet formulas",
+        "Prefix ' to text cells from the servers that start with =, +, -, @, a tab or a carriage return, "
+        "so spreadsheets show them instead of running them as formulas. Empty: on for the legacy header "
+        "style, off for standard.",
+        tasks=("aggregate",), nullable=True,
+    ),
+    Setting(
         "aggregate_memory_mb", "integer", 256, "Aggregate memory budget (MB)",
         "Working memory for sorting a partition; a larger partition is sorted in runs spilled next to "
         "the parts and merged, so memory does not grow with the partition.",

@@ -42,8 +42,17 @@ SERVERS = ("http://127.0.0.1:18001", "http://127.0.0.1:18002", "esl_b")
 STORES = ("S01", "S02", "S03", "alpha", "上海")
 FAILED_STORE = (SERVERS[0], "S02")  # a store that failed midway: its rows must not be published
 FAILED_SERVER = SERVERS[2]  # a server that failed: none of its rows are published
-# CSV-hostile text, as in-store servers hand it out
-DESCRIPTIONS = ("", "Aisle 4", 'Promo "2 for 1", aisle 3', "Kühlregal\n7-2", "冷藏 5 号", "a,b")
+# CSV-hostile and formula-like text, as in-store servers hand it out (the legacy layout guards formulas)
+DESCRIPTIONS = (
+    "",
+    "Aisle 4",
+    'Promo "2 for 1", aisle 3',
+    "Kühlregal\n7-2",
+    "冷藏 5 号",
+    "a,b",
+    "=1+1",
+    "@cmd",
+)
 # few distinct frequencies: long ties, ordered by esl_id, then server, then store
 FREQUENCIES = (0.0, 0.5, 1.0, 2.25, 3.3333333333333335, 10.0, 123.456)
 RUN_BYTES = 40_000  # forced run size: a few hundred rows
