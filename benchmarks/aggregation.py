@@ -1,7 +1,8 @@
 """Aggregation benchmark: N synthetic part rows into a sorted partition, ours vs naive pandas.
 
     python -m benchmarks.aggregation generate --root DIR --rows N   # part file + batch manifest
-    python -m benchmarks.aggregation ours --root DIR                # esl_operators.aggregate_run
+    python -m benchmarks.aggregation grow --root DIR --source DIR --times K  # K copies of a part
+    python -m benchmarks.aggregation ours --root DIR [--memory-mb MB]   # esl_operators.aggregate_run
     python -m benchmarks.aggregation pandas --root DIR              # read_csv / sort_values / to_csv
 
 Each step runs in its own process (the harness measures wall time and peak RSS per process). The
@@ -114,11 +115,50 @@ def generate(root: Path, rows: int, seed: int) -> None:
     print(f"{path}\t{rows} rows")
 
 
-def ours(root: Path, *, report: bool) -> None:
+def grow(root: Path, source: Path, times: int) -> None:
+    """A part ``times`` as large as ``source``'s, untimed: its rows again under other server names
+    (each copy a fleet of its own, so no label repeats), in the part format (an Arrow IPC stream of
+    ``PART_SCHEMA``); generating millions of rows afresh would take minutes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.ipc
+
+    from esl_operators.batch import batch_manifest
+    from esl_operators.engine import ServerResult, StoreResult
+    from esl_operators.parts import PART_SCHEMA, open_part
+    from esl_operators.storage import part_path
+
+    path = part_path(root, DS, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, dict[str, int]] = {}
+    with pa.OSFile(str(path), "wb") as handle, pa.ipc.new_stream(handle, PART_SCHEMA) as writer:
+        for copy in range(times):
+            with open_part(part_path(source, DS, 0)) as reader:
+                for batch in reader:
+                    servers = pc.binary_join_element_wise(batch.column("server"), f"/copy-{copy}", "")
+                    renamed = batch.set_column(batch.schema.get_field_index("server"), "server", servers)
+                    writer.write_batch(renamed)
+                    grouped = pa.table(renamed).group_by(["server", "store"]).aggregate([([], "count_all")])
+                    for server, store, n in zip(*(grouped[c].to_pylist() for c in grouped.column_names),
+                                                strict=True):  # fmt: skip
+                        counts.setdefault(server, {})[store] = counts.get(server, {}).get(store, 0) + n
+    results = [
+        ServerResult(server, stores=[StoreResult(s, rows=n, seen=n) for s, n in sorted(stores.items())])
+        for server, stores in sorted(counts.items())
+    ]
+    manifest = batch_manifest(
+        results, batch=0, part=str(path), anchor=ANCHOR, cutoff_ms=ANCHOR_MS - 7 * DAY_MS, duration_s=0.0
+    )
+    (root / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    print(f"{path}\t{manifest['rows']} rows")
+
+
+def ours(root: Path, *, report: bool, memory_mb: int | None = None) -> None:
     from esl_operators.aggregate import aggregate_run
 
     manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    summary = aggregate_run([manifest], output_root=root, ds=DS, report=report)
+    budget = {} if memory_mb is None else {"aggregate_memory_mb": memory_mb}
+    summary = aggregate_run([manifest], output_root=root, ds=DS, report=report, **budget)
     print(f"{summary['manifest']}\t{summary['rows']} rows")
 
 
@@ -135,15 +175,20 @@ def naive_pandas(root: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=("generate", "ours", "ours-report", "pandas"))
+    parser.add_argument("step", choices=("generate", "grow", "ours", "ours-report", "pandas"))
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--source", type=Path, help="grow: the root whose part is copied")
+    parser.add_argument("--times", type=int, default=4, help="grow: copies of the source part")
+    parser.add_argument("--memory-mb", type=int, help="ours: aggregate_memory_mb (default: the setting's)")
     args = parser.parse_args(argv)
     if args.step == "generate":
         generate(args.root, args.rows, args.seed)
+    elif args.step == "grow":
+        grow(args.root, args.source, args.times)
     elif args.step in ("ours", "ours-report"):
-        ours(args.root, report=args.step == "ours-report")
+        ours(args.root, report=args.step == "ours-report", memory_mb=args.memory_mb)
     else:
         naive_pandas(args.root)
     return 0

@@ -27,7 +27,15 @@ if __package__ in (None, ""):  # run as a script (make bench): make `benchmarks`
 from benchmarks.bench import Bench, Scenario, failed, jsonable
 from benchmarks.harness import REPO
 from benchmarks.report import render
-from benchmarks.scenarios import aggregation, capacity, cpu_bound, end_to_end, latency_bound, memory
+from benchmarks.scenarios import (
+    aggregation,
+    bounded_memory,
+    capacity,
+    cpu_bound,
+    end_to_end,
+    latency_bound,
+    memory,
+)
 
 # The names are those of ``--scenarios`` and the keys BENCHMARKS.md's targets look scenarios up by.
 SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
@@ -37,6 +45,7 @@ SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
     "memory": memory.run,
     "aggregation": aggregation.run,
     "e2e": end_to_end.run,
+    "bounded": bounded_memory.run,
 }
 
 

@@ -1,34 +1,41 @@
 """Aggregate step: part files of one run into sorted, published CSV partitions plus ``_manifest.json``.
 
 One partition per fetch batch (``esl_id_part_{batch+1}.csv``); each is read, checked against its batch
-manifest, cleaned, sorted and formatted on its own, so memory is bounded by the largest batch.
+manifest, cleaned (:mod:`esl_operators.cleaning`: failed stores' rows and duplicate labels dropped,
+each counted in the manifest), sorted and formatted on its own.
 
-Cleaning, each step counted in the manifest:
-
-* rows of a store (or server) that failed are dropped, so a published store is always complete;
-* an ESL id seen twice on one server keeps the row with the latest ``last_hb_time``.
+Memory does not grow with the partition: a partition within a run's share of ``aggregate_memory_mb``
+is sorted in memory; a larger one goes through the external sort of :mod:`esl_operators.spill`
+(hash buckets, sorted runs, a k-way merge) with byte-identical output. The report's statistics and
+the per-store counts take the de-duplicated rows chunk by chunk (:class:`~esl_operators.spill.RowSink`).
 
 ``_SUCCESS`` is written last; readers should wait for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from esl_operators.cleaning import drop_duplicates, drop_failed
 from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order, spreadsheet_safe_for
 from esl_operators.exceptions import EslError
-from esl_operators.manifest import BatchManifest, ErrorEntry, Partition, RunSummary, run_manifest
-from esl_operators.partitions import write_lines_atomic
-from esl_operators.parts import read_part
+from esl_operators.manifest import BatchManifest, Partition, RunSummary, run_manifest
+from esl_operators.merge import merge_runs
+from esl_operators.partitions import stream_lines_atomic, write_lines_atomic
+from esl_operators.parts import PART_SCHEMA, open_part, part_chunks
+from esl_operators.settings import HeaderStyle, default, setting
+from esl_operators.spill import Budget, RowSink, make_runs, remove_stale_spills, spill_folder
 from esl_operators.storage import (
     MANIFEST_NAME,
+    PARTS_DIR,
     REPORT_NAME,
     SUCCESS_NAME,
     PathLike,
@@ -39,6 +46,8 @@ from esl_operators.storage import (
     write_json_atomic,
     write_text_atomic,
 )
+
+__all__ = ["AggregateError", "aggregate_run", "drop_duplicates", "drop_failed"]
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +64,105 @@ def _check_batches(manifests: Sequence[BatchManifest]) -> list[BatchManifest]:
     return ordered
 
 
-def drop_failed(part: pa.Table, errors: Sequence[ErrorEntry]) -> pa.Table:
-    """Remove the rows of failed stores (``store`` empty: the whole server failed)."""
-    failed_servers = sorted({e["server"] for e in errors if not e["store"]})
-    failed_stores = sorted({f"{e['server']}\x1f{e['store']}" for e in errors if e["store"]})
-    if not failed_servers and not failed_stores:
-        return part
-    keys = pc.binary_join_element_wise(part["server"], part["store"], "\x1f")
-    bad = pc.or_(
-        pc.is_in(part["server"], pa.array(failed_servers, pa.string())),
-        pc.is_in(keys, pa.array(failed_stores, pa.string())),
-    )
-    return part.filter(pc.invert(bad))
+class StoreCounts:
+    """Published rows per server and store, summed over de-duplicated chunks."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, int]] = {}
+
+    def add(self, part: pa.Table) -> None:
+        counts = part.group_by(["server", "store"]).aggregate([([], "count_all")])
+        for server, store, count in zip(
+            *(counts[c].to_pylist() for c in ("server", "store", "count_all")), strict=True
+        ):
+            stores = self.rows.setdefault(server, {})
+            stores[store] = stores.get(store, 0) + count
 
 
-def drop_duplicates(part: pa.Table) -> pa.Table:
-    """Keep one row per (server, esl_id): the latest ``last_hb_time``, ties to the first store by name."""
-    if pc.count_distinct(part["esl_id"]).as_py() == part.num_rows:
-        return part  # the usual case: every id once, so no (server, esl_id) pair repeats either
-    keys = pc.binary_join_element_wise(part["server"], part["esl_id"], "\x1f")
-    ranked = part.append_column("_key", keys).append_column("_hb", pc.cast(part["last_hb_time"], pa.int64()))
-    order = pc.sort_indices(
-        ranked, sort_keys=[("_key", "ascending"), ("_hb", "descending"), ("store", "ascending")]
-    )
-    ranked = ranked.take(order)
-    sorted_keys = ranked["_key"].combine_chunks()
-    first = np.ones(len(sorted_keys), dtype=bool)
-    first[1:] = pc.not_equal(sorted_keys[1:], sorted_keys[:-1]).to_numpy(zero_copy_only=False)
-    return ranked.filter(pa.array(first)).drop_columns(["_key", "_hb"])
+@dataclass
+class PartitionCounts:
+    read: int = 0  # part rows
+    failed: int = 0
+    duplicates: int = 0
+    runs: int = 1  # sorted runs merged; 1: sorted in memory
+
+    @property
+    def published(self) -> int:
+        return self.read - self.failed - self.duplicates
+
+
+def _head(chunks: Iterator[pa.Table], limit_bytes: int) -> tuple[list[pa.Table], bool]:
+    """The first chunks, up to just over ``limit_bytes``; True if they are the whole part."""
+    head: list[pa.Table] = []
+    size = 0
+    for chunk in chunks:
+        head.append(chunk)
+        size += chunk.nbytes
+        if size > limit_bytes:
+            return head, False
+    return head, True
+
+
+def _then(head: list[pa.Table], rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``head``'s chunks, then the rest; each let go of once handed on (the list must not hold them)."""
+    head.reverse()
+    while head:
+        yield head.pop()
+    yield from rest
+
+
+def publish_partition(
+    part: PathLike,
+    manifest: BatchManifest,
+    target: PathLike,
+    *,
+    header_style: HeaderStyle,
+    zone: ZoneInfo,
+    spreadsheet_safe: bool,
+    budget: Budget,
+    sinks: Sequence[RowSink],
+) -> PartitionCounts:
+    """Clean, sort and write one partition from its part file; feed its published rows to ``sinks``."""
+
+    def check_rows(rows: int) -> None:
+        if rows != manifest["rows"]:
+            raise AggregateError(
+                f"batch {manifest['batch']}: part file has {rows} rows, "
+                f"its fetch task reported {manifest['rows']}"
+            )
+
+    def render(rows: pa.Table) -> pa.ChunkedArray:
+        return render_lines(rows, header_style, zone, spreadsheet_safe)
+
+    header = columns_for(header_style)
+    with contextlib.ExitStack() as stack:
+        chunks = part_chunks(stack.enter_context(open_part(part)), budget.chunk_bytes)
+        head, whole = _head(chunks, budget.run_bytes)
+        if whole:  # small enough to sort in memory: one table, as it always was
+            table = pa.concat_tables(head) if head else PART_SCHEMA.empty_table()
+            del head
+            check_rows(table.num_rows)
+            complete = drop_failed(table, manifest["errors"])
+            unique = drop_duplicates(complete)
+            for sink in sinks:
+                sink.add(unique)
+            write_lines_atomic(target, header, render(unique), sort_order(unique))
+            return PartitionCounts(
+                table.num_rows, table.num_rows - complete.num_rows, complete.num_rows - unique.num_rows
+            )
+        folder = stack.enter_context(spill_folder(part.parent))
+        runs, counts = make_runs(
+            _then(head, chunks),
+            expected_rows=manifest["rows"],
+            budget=budget,
+            folder=folder,
+            errors=manifest["errors"],
+            render=render,
+            sinks=sinks,
+            check_rows=check_rows,
+        )
+        stream_lines_atomic(target, header, merge_runs(runs, counts.batch_rows))
+        return PartitionCounts(counts.rows, counts.failed, counts.duplicates, len(runs))
 
 
 def aggregate_run(
@@ -95,10 +175,12 @@ def aggregate_run(
     spreadsheet_safe: bool | None = None,
     params: Mapping[str, Any] | None = None,
     report: bool = True,
+    aggregate_memory_mb: int = default("aggregate_memory_mb"),
     anchor_source: str = "date",
 ) -> RunSummary:
     """Publish the partitions and the run manifest (and ``report.html``); return a small summary.
 
+    ``aggregate_memory_mb`` bounds the working memory of sorting a partition, whatever its size.
     ``anchor_source`` says where the batches' heartbeat anchor came from: for a DAG run one of
     :data:`esl_operators.config.ANCHOR_SOURCES`; ``"date"`` (the default) is midnight UTC of ``ds``, as
     the standalone command anchors.
@@ -110,47 +192,44 @@ def aggregate_run(
     folder = run_dir(output_root, ds)
     (folder / SUCCESS_NAME).unlink(missing_ok=True)
     (folder / REPORT_NAME).unlink(missing_ok=True)  # never leave an earlier run's report behind
+    remove_stale_spills(folder / PARTS_DIR)
     if report:
         from esl_operators.report import FleetStats  # matplotlib: loaded only when a report is wanted
 
         stats: Any = FleetStats()  # report aggregates only: bounded by stores and days, not by rows
+    store_counts = StoreCounts()
+    sinks: list[RowSink] = [store_counts, stats] if report else [store_counts]
+    budget = Budget.from_mb(setting("aggregate_memory_mb").parse(aggregate_memory_mb))
     partitions: list[Partition] = []
-    rows_by_store: dict[str, dict[str, int]] = {}
     for manifest in ordered:
         batch = manifest["batch"]
-        part = read_part(part_path(output_root, ds, batch))
-        if len(part) != manifest["rows"]:
-            raise AggregateError(
-                f"batch {batch}: part file has {len(part)} rows, its fetch task reported {manifest['rows']}"
-            )
-        complete = drop_failed(part, manifest["errors"])
-        unique = drop_duplicates(complete)
-        if report:
-            stats.add(unique)
         name = partition_name(batch)
-        write_lines_atomic(
-            folder / name, columns_for(style), render_lines(unique, style, zone, guarded), sort_order(unique)
+        counts = publish_partition(
+            part_path(output_root, ds, batch),
+            manifest,
+            folder / name,
+            header_style=style,
+            zone=zone,
+            spreadsheet_safe=guarded,
+            budget=budget,
+            sinks=sinks,
         )
         partitions.append(
             {
                 "file": name,
-                "rows": unique.num_rows,
+                "rows": counts.published,
                 "servers": sorted(manifest["servers"]),
-                "dropped_failed_store_rows": len(part) - len(complete),
-                "dropped_duplicate_rows": len(complete) - len(unique),
+                "dropped_failed_store_rows": counts.failed,
+                "dropped_duplicate_rows": counts.duplicates,
             }
         )
-        counts = unique.group_by(["server", "store"]).aggregate([([], "count_all")])
-        for server, store, count in zip(
-            *(counts[c].to_pylist() for c in ("server", "store", "count_all")), strict=True
-        ):
-            rows_by_store.setdefault(server, {})[store] = count
-        log.info("%s: %d rows", name, len(unique))
+        how = "in memory" if counts.runs == 1 else f"{counts.runs} runs merged"
+        log.info("%s: %d rows (sorted %s)", name, counts.published, how)
     removed = remove_stale_outputs(folder, len(ordered))
     published = run_manifest(
         ordered,
         partitions,
-        rows_by_store,
+        {server: dict(sorted(stores.items())) for server, stores in store_counts.rows.items()},
         ds=ds,
         anchor_source=anchor_source,
         header_style=style,

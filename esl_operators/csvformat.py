@@ -111,20 +111,34 @@ def as_table(rows: pa.Table | pd.DataFrame) -> pa.Table:
     return table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
 
 
+# sort_indices' keys over order_keys' columns; nulls (and NaN) last, Arrow's default.
+ORDER = [("_freq", "ascending")] + [(name, "ascending") for name in SORT_KEYS[1:]]
+
+
+def order_keys(rows: pa.Table) -> pa.Table:
+    """The columns a partition is sorted by (:data:`ORDER`): ``frequency`` as a number, the texts.
+
+    The external sort keeps them beside each rendered line, to merge its runs in the same order.
+    """
+    number = pc.cast(rows["frequency"], pa.float64())
+    return pa.table([number, *(rows[name] for name in SORT_KEYS[1:])], names=[c for c, _ in ORDER])
+
+
 def sort_order(rows: pa.Table) -> pa.Array:
     """Row order of a partition: ``frequency`` ascending (numerically), ties by ``esl_id``.
 
     ``server`` and ``store`` only make the order total (duplicates across servers). Arrow compares
     strings bytewise in UTF-8, which is code-point order: the same as Python's.
     """
-    keyed = rows.append_column("_freq", pc.cast(rows["frequency"], pa.float64()))
-    keys = [("_freq", "ascending")] + [(name, "ascending") for name in SORT_KEYS[1:]]
-    return pc.sort_indices(keyed, sort_keys=keys)
+    return pc.sort_indices(order_keys(rows), sort_keys=ORDER)
 
 
 def sort_part(rows: pa.Table | pd.DataFrame) -> pa.Table:
     table = as_table(rows)
     return table.take(sort_order(table))
+
+
+_DAYS_AT_ONCE = 40_000  # a century: a span of days this long is counted in an array, not sorted
 
 
 @functools.cache
@@ -154,7 +168,16 @@ def format_times(epoch_ms: pa.ChunkedArray, layout: tuple[str, str], zone: ZoneI
     if zone.key != "UTC":
         seconds = _local_seconds(seconds, zone)
     days, clock = np.divmod(seconds, 86_400)
-    unique_days, which = np.unique(days, return_inverse=True)
+    first = int(days.min()) if len(days) else 0
+    span = int(days.max()) - first + 1 if len(days) else 0
+    if span <= max(_DAYS_AT_ONCE, len(days)):  # the usual case: days found by counting, not sorting
+        offset = days - first
+        present = np.flatnonzero(np.bincount(offset, minlength=span))
+        position = np.zeros(span, dtype=np.int64)
+        position[present] = np.arange(len(present))
+        unique_days, which = present + first, position[offset]
+    else:
+        unique_days, which = np.unique(days, return_inverse=True)
     dates = pa.array(np.datetime_as_string(unique_days.astype("datetime64[D]"))).take(pa.array(which))
     text = pc.binary_join_element_wise(dates, _clock(suffix).take(pa.array(clock)), sep)
     return pc.if_else(empty, "", text)

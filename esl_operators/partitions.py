@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
@@ -16,21 +16,39 @@ from esl_operators.storage import PathLike, temporary_path
 WRITE_SLICE_ROWS = 250_000
 
 
+def header_line(header: Sequence[str]) -> bytes:
+    """The CSV header row, quoted the way the csv module quotes it."""
+    head = io.StringIO()
+    csv.writer(head, lineterminator="\n").writerow(header)
+    return head.getvalue().encode("utf-8")
+
+
 def write_lines_atomic(
     path: PathLike, header: Sequence[str], lines: pa.ChunkedArray, order: pa.Array
 ) -> None:
     """Write a CSV from ready-made lines (``csvformat.render_lines``: each ends in a line feed) in
     ``order``. The bytes go straight from Arrow's buffers to the file; slices reorder on several cores.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    head = io.StringIO()
-    csv.writer(head, lineterminator="\n").writerow(header)
     # One contiguous array: taking from many chunks would re-concatenate them for every slice.
     whole = lines.combine_chunks() if lines.num_chunks else pa.array([], pa.string())
-    tmp = temporary_path(path)
-    with tmp.open("wb") as handle, ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        handle.write(head.getvalue().encode("utf-8"))
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         slices = (order.slice(start, WRITE_SLICE_ROWS) for start in range(0, len(order), WRITE_SLICE_ROWS))
-        for piece in pool.map(whole.take, slices):
-            handle.write(string_bytes(piece))
+        stream_lines_atomic(path, header, pool.map(whole.take, slices))
+
+
+def stream_lines_atomic(path: PathLike, header: Sequence[str], pieces: Iterable[pa.Array]) -> None:
+    """Write a CSV from pieces of ready-made lines, already in order, as they come (a local file or
+    an object-storage upload). It appears under its name only once complete; if writing fails, the
+    temporary file is removed and the error goes on.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(header_line(header))
+            for piece in pieces:
+                handle.write(string_bytes(piece))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.rename(path)

@@ -7,9 +7,11 @@ debugging. Where they live is :func:`esl_operators.storage.part_path`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
-from typing import Self
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.ipc
@@ -63,10 +65,41 @@ class PartWriter:
             self.discard()
 
 
+@contextlib.contextmanager
+def open_part(path: PathLike) -> Iterator[pa.ipc.RecordBatchStreamReader]:
+    """A part file as a stream of record batches (as its fetch task wrote them), schema checked.
+
+    A local file is read by Arrow itself (its buffers come from Arrow's memory pool, which gives memory
+    back; Python file objects hand over bytes the C allocator tends to keep); object storage through
+    the path's own file object.
+    """
+    remote: Any = path  # ObjectStoragePath's open is untyped
+    opened = pa.OSFile(str(path)) if isinstance(path, Path) else remote.open("rb")
+    with opened as handle:
+        reader = pa.ipc.open_stream(handle)
+        if reader.schema != PART_SCHEMA:
+            raise ValueError(f"{path}: unexpected part columns {reader.schema.names}")
+        yield reader
+
+
 def read_part(path: PathLike) -> pa.Table:
-    """Read a part file back: string columns exactly as written."""
-    with path.open("rb") as handle:
-        table = pa.ipc.open_stream(handle).read_all()
-    if table.schema != PART_SCHEMA:
-        raise ValueError(f"{path}: unexpected part columns {table.column_names}")
-    return table
+    """Read a whole part file back: string columns exactly as written."""
+    with open_part(path) as reader:
+        return reader.read_all()
+
+
+def part_chunks(reader: pa.ipc.RecordBatchStreamReader, max_bytes: int) -> Iterator[pa.Table]:
+    """The part's rows in tables of about ``max_bytes`` (small fetch batches gathered, large ones cut)."""
+    gathered: list[pa.RecordBatch] = []
+    size = 0
+    for batch in reader:
+        rows_per_cut = max(1, max_bytes * batch.num_rows // max(1, batch.nbytes))
+        for start in range(0, batch.num_rows, rows_per_cut):
+            piece = batch.slice(start, rows_per_cut)
+            gathered.append(piece)
+            size += piece.nbytes
+            if size >= max_bytes:
+                yield pa.Table.from_batches(gathered, PART_SCHEMA)
+                gathered, size = [], 0
+    if gathered:
+        yield pa.Table.from_batches(gathered, PART_SCHEMA)

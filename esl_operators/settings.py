@@ -321,6 +321,12 @@ SETTINGS: tuple[Setting, ...] = (
         "style, off for standard.",
         tasks=("aggregate",), nullable=True,
     ),
+    Setting(
+        "aggregate_memory_mb", "integer", 256, "Aggregate memory budget (MB)",
+        "Working memory for sorting a partition; a larger partition is sorted in runs spilled next to "
+        "the parts and merged, so memory does not grow with the partition.",
+        tasks=("aggregate",), minimum=16, maximum=65_536, section=ADVANCED,
+    ),
 )
 # fmt: on
 

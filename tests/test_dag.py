@@ -42,6 +42,7 @@ def test_dag_parses_without_network_or_variables() -> None:
         "header_style": "standard",
         "timezone": "UTC",
         "spreadsheet_safe": None,
+        "aggregate_memory_mb": 256,
     }
     for name, param in dag.params.items():
         assert param.schema.get("type"), name

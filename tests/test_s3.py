@@ -152,3 +152,47 @@ def test_dag_run_publishes_to_an_s3_output_root(
         ("esl_id_part_2.csv", len(part2) - 1),
     ]
     assert not (tmp_path / "unused-local-root").exists()  # nothing went to the local default
+
+
+def test_a_partition_sorted_in_runs_spills_locally_and_streams_its_csv_to_s3(
+    airflow_db: str,
+    simulator: SimulatorThread,
+    small_fleet: Fleet,
+    s3_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The external sort with an ``s3://`` root: parts read from the bucket, runs spilled to a local
+    temporary folder (removed afterwards), the merged CSV uploaded; the rows are the oracle's."""
+    import logging
+    import tempfile
+
+    from esl_operators import spill
+
+    client = _client(s3_endpoint)
+    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=BUCKET)
+    names = connect(monkeypatch, simulator, tmp_path / "unused-local-root")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    conn = {"conn_type": "aws", "login": KEY, "password": KEY, "extra": {"endpoint_url": s3_endpoint}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
+    local_tmp = tmp_path / "tmp"
+    local_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(local_tmp))
+    monkeypatch.setattr(spill, "RUN_SHARE", 16 * spill.MB // 8_000)  # runs of about 40 rows
+    caplog.set_level(logging.INFO, logger="esl_operators.aggregate")
+    root = f"s3://aws_default@{BUCKET}/spilled"
+
+    dag = without_retries(load_dag())
+    conf = {"servers_per_batch": 3, "output_root": root, "aggregate_memory_mb": 16}
+    run = dag.test(logical_date=ANCHOR, run_conf=conf)
+    assert run.state == "success"
+
+    assert any("runs merged" in r.getMessage() for r in caplog.records)
+    prefix = "spilled/2024-05-10/"
+    keys = {i["Key"][len(prefix) :] for i in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
+    assert not [k for k in keys if k.endswith(".tmp") or ".spill-" in k]
+    published = _rows(client, prefix + "esl_id_part_1.csv")
+    assert published[1:] == expected_partition(small_fleet, dict(enumerate(names)), CUTOFF_MS)
+    assert list(local_tmp.iterdir()) == []  # the local spill folder is gone
