@@ -9,7 +9,8 @@ is sorted in memory; a larger one goes through the external sort of :mod:`esl_op
 (hash buckets, sorted runs, a k-way merge) with byte-identical output. The report's statistics and
 the per-store counts take the de-duplicated rows chunk by chunk (:class:`~esl_operators.spill.RowSink`).
 
-``_SUCCESS`` is written last; readers should wait for it.
+The new files are staged and replace the date's previous publication as one set
+(:mod:`esl_operators.publish`); ``_SUCCESS`` is written last; readers should wait for it.
 """
 
 from __future__ import annotations
@@ -27,24 +28,22 @@ import pyarrow as pa
 from esl_operators.cleaning import drop_duplicates, drop_failed
 from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order, spreadsheet_safe_for
 from esl_operators.exceptions import EslError
-from esl_operators.manifest import BatchManifest, Partition, RunSummary, run_manifest
+from esl_operators.manifest import BatchManifest, Partition, RunManifest, RunSummary, run_manifest
 from esl_operators.merge import merge_runs
 from esl_operators.partitions import stream_lines_atomic, write_lines_atomic
 from esl_operators.parts import PART_SCHEMA, open_part, part_chunks
+from esl_operators.publish import Publication, remove_stale_stagings
 from esl_operators.settings import HeaderStyle, default, setting
 from esl_operators.spill import Budget, RowSink, make_runs, remove_stale_spills, spill_folder
 from esl_operators.storage import (
     MANIFEST_NAME,
     PARTS_DIR,
     REPORT_NAME,
-    SUCCESS_NAME,
     PathLike,
     part_path,
     partition_name,
-    remove_stale_outputs,
     run_dir,
     write_json_atomic,
-    write_text_atomic,
 )
 
 __all__ = ["AggregateError", "aggregate_run", "drop_duplicates", "drop_failed"]
@@ -190,16 +189,58 @@ def aggregate_run(
     guarded = spreadsheet_safe_for(style, spreadsheet_safe)
     ordered = _check_batches(manifests)
     folder = run_dir(output_root, ds)
-    (folder / SUCCESS_NAME).unlink(missing_ok=True)
-    (folder / REPORT_NAME).unlink(missing_ok=True)  # never leave an earlier run's report behind
     remove_stale_spills(folder / PARTS_DIR)
+    remove_stale_stagings(folder)
+    # Everything is written into a staging folder first: the previous publication (with its _SUCCESS)
+    # stays complete until the whole new set exists (esl_operators.publish).
+    with Publication(folder) as publication:
+        published = _publish(
+            publication,
+            ordered,
+            output_root=output_root,
+            ds=ds,
+            style=style,
+            zone=zone,
+            guarded=guarded,
+            params=params,
+            report=report,
+            budget=Budget.from_mb(setting("aggregate_memory_mb").parse(aggregate_memory_mb)),
+            anchor_source=anchor_source,
+            started=started,
+        )
+    return {
+        "date": ds,
+        "rows": published["rows"],
+        "partitions": {p["file"]: p["rows"] for p in published["partitions"]},
+        "errors": len(published["errors"]),
+        "manifest": str(folder / MANIFEST_NAME),
+    }
+
+
+def _publish(
+    publication: Publication,
+    ordered: Sequence[BatchManifest],
+    *,
+    output_root: PathLike,
+    ds: str,
+    style: HeaderStyle,
+    zone: ZoneInfo,
+    guarded: bool,
+    params: Mapping[str, Any] | None,
+    report: bool,
+    budget: Budget,
+    anchor_source: str,
+    started: float,
+) -> RunManifest:
+    """Stage the date's new files, then commit them as one set; return the run manifest."""
     if report:
         from esl_operators.report import FleetStats  # matplotlib: loaded only when a report is wanted
 
         stats: Any = FleetStats()  # report aggregates only: bounded by stores and days, not by rows
     store_counts = StoreCounts()
     sinks: list[RowSink] = [store_counts, stats] if report else [store_counts]
-    budget = Budget.from_mb(setting("aggregate_memory_mb").parse(aggregate_memory_mb))
+    if report:
+        publication.path(REPORT_NAME)  # part of the new set: the earlier report is replaced, not removed
     partitions: list[Partition] = []
     for manifest in ordered:
         batch = manifest["batch"]
@@ -207,7 +248,7 @@ def aggregate_run(
         counts = publish_partition(
             part_path(output_root, ds, batch),
             manifest,
-            folder / name,
+            publication.path(name),
             header_style=style,
             zone=zone,
             spreadsheet_safe=guarded,
@@ -225,7 +266,6 @@ def aggregate_run(
         )
         how = "in memory" if counts.runs == 1 else f"{counts.runs} runs merged"
         log.info("%s: %d rows (sorted %s)", name, counts.published, how)
-    removed = remove_stale_outputs(folder, len(ordered))
     published = run_manifest(
         ordered,
         partitions,
@@ -236,19 +276,13 @@ def aggregate_run(
         columns=columns_for(style),
         spreadsheet_safe=guarded,
         params=params,
-        removed_files=removed,
+        removed_files=publication.stale_files(batches=len(ordered)),
     )
     if report:
         from esl_operators.report import publish_report
 
-        publish_report(folder, stats, published)  # before the manifest, which marks the run published
+        publish_report(publication.path(REPORT_NAME).parent, stats, published)
     published["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
-    write_json_atomic(folder / MANIFEST_NAME, published)
-    write_text_atomic(folder / SUCCESS_NAME, "")
-    return {
-        "date": ds,
-        "rows": published["rows"],
-        "partitions": {p["file"]: p["rows"] for p in partitions},
-        "errors": len(published["errors"]),
-        "manifest": str(folder / MANIFEST_NAME),
-    }
+    write_json_atomic(publication.path(MANIFEST_NAME), published)
+    publication.commit(batches=len(ordered))
+    return published

@@ -13,19 +13,17 @@ from typing import Any
 from esl_operators.config import (
     check_map_length,
     max_map_length,
-    resolve_output_root,
     resolve_servers,
-    run_anchor,
     split_batches,
 )
 from esl_operators.settings import resolve_params
-from esl_operators.storage import withdraw_success
 
 
 def plan_run(
     params: Mapping[str, Any], context: Mapping[str, Any], *, map_limit: int | None = None
 ) -> list[list[str]]:
-    """The batches to fetch; the date's ``_SUCCESS`` is withdrawn until the run publishes again.
+    """The batches to fetch. A date published earlier stays published (``_SUCCESS`` included) until
+    this run's aggregate step replaces it as one set.
 
     Fails before anything is written when a param breaks the table's rules, or when the batches would
     exceed ``map_limit`` (default: Airflow's ``[core] max_map_length``), which Airflow would otherwise
@@ -36,6 +34,4 @@ def plan_run(
     per_batch = values["servers_per_batch"]
     batches = split_batches(servers, per_batch)
     check_map_length(len(servers), per_batch, max_map_length() if map_limit is None else map_limit)
-    _, ds = run_anchor(context)
-    withdraw_success(resolve_output_root(values["output_root"]), ds)
     return batches

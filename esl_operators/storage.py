@@ -68,11 +68,6 @@ def run_dir(output_root: PathLike, ds: str) -> Any:
     return output_root / ds
 
 
-def withdraw_success(output_root: PathLike, ds: str) -> None:
-    """Remove the date's ``_SUCCESS``: readers must not trust the folder while a run rewrites it."""
-    (run_dir(output_root, ds) / SUCCESS_NAME).unlink(missing_ok=True)
-
-
 def part_path(output_root: PathLike, ds: str, batch: int) -> Any:
     return run_dir(output_root, ds) / PARTS_DIR / f"batch-{int(batch)}{PART_SUFFIX}"
 
@@ -109,28 +104,32 @@ def read_json(path: PathLike) -> Any:
         return json.load(handle)
 
 
-def remove_stale_outputs(directory: PathLike, batches: int) -> list[str]:
-    """Delete what an earlier run of the same date left behind and this run did not write.
+def stale_outputs(directory: PathLike, batches: int) -> list[str]:
+    """What an earlier run of the same date left behind that a run of ``batches`` batches does not write.
 
-    Partitions and parts beyond this run's batch count (an earlier run had more batches) and
-    temporary files of killed attempts. Only names of our own patterns are touched.
+    Partitions and parts beyond the batch count (an earlier run had more batches) and temporary files
+    of killed attempts, as names relative to ``directory``. Only names of our own patterns count.
     """
-    removed = []
+    stale = []
     for item in directory.glob(PARTITION_GLOB):
         number = partition_number(item.name)
         if number is not None and number > batches:
-            removed.append(item.name)
-            item.unlink()
+            stale.append(item.name)
     for item in (directory / PARTS_DIR).glob("batch-*"):
         match = _PART.fullmatch(item.name)
         if match and int(match.group(1)) >= batches:
-            removed.append(f"{PARTS_DIR}/{item.name}")
-            item.unlink()
+            stale.append(f"{PARTS_DIR}/{item.name}")
     for folder, prefix in ((directory, ""), (directory / PARTS_DIR, f"{PARTS_DIR}/")):
-        for item in folder.glob(".*.tmp"):
-            removed.append(prefix + item.name)
-            item.unlink()
-    return sorted(removed)
+        stale += [prefix + item.name for item in folder.glob(".*.tmp")]
+    return sorted(stale)
+
+
+def remove_stale_outputs(directory: PathLike, batches: int) -> list[str]:
+    """Delete :func:`stale_outputs`; return their names."""
+    stale = stale_outputs(directory, batches)
+    for name in stale:
+        (directory / name).unlink(missing_ok=True)
+    return stale
 
 
 def remove_temporaries(path: PathLike) -> None:

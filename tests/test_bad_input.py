@@ -769,7 +769,7 @@ def test_part_missing_a_row_fails_the_aggregate_and_publishes_nothing_new(
         aggregate_run([manifest], output_root=tmp_path, ds=DS)
 
     assert str(caught.value) == "batch 0: part file has 3 rows, its fetch task reported 4"
-    assert not (folder / "_SUCCESS").exists()  # withdrawn when the run started
+    assert (folder / "_SUCCESS").exists()  # the earlier publication stays whole (issue 12)
     assert (folder / "esl_id_part_1.csv").read_bytes() == published
     assert (folder / "_manifest.json").read_bytes() == run_manifest
 

@@ -294,7 +294,7 @@ def test_a_failure_midway_through_the_merge_removes_spill_files_and_keeps_the_la
     assert sorted(p.name for p in (root / DS / "_parts").iterdir()) == ["batch-0.arrow"]
     assert not [p for p in (root / DS).rglob("*") if p.name.endswith(".tmp")]
     assert (root / DS / "esl_id_part_1.csv").read_bytes() == published
-    assert not (root / DS / "_SUCCESS").exists()  # withdrawn when the rerun started
+    assert (root / DS / "_SUCCESS").exists()  # the earlier publication stays whole (issue 12)
 
 
 @pytest.mark.parametrize(
