@@ -41,6 +41,8 @@ def test_dag_parses_without_network_or_variables() -> None:
         "output_root": None,
         "header_style": "standard",
         "timezone": "UTC",
+        "notify_to": None,
+        "notify_conn_id": "smtp_default",
     }
     for name, param in dag.params.items():
         assert param.schema.get("type"), name

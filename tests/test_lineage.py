@@ -195,3 +195,44 @@ def test_a_failed_batch_names_its_failure_in_the_fail_event(
     assert _public(facets[ERRORS_FACET]) == {"errors": [error]}
     assert error["error"] in facets["errorMessage"]["message"]  # the provider's own facet: the exception
     assert _task_events(events, "aggregate", "COMPLETE") == []
+
+
+_PARSE_WITHOUT = """
+import importlib.abc, sys
+
+# The providers' metadata stays importable (Airflow's provider discovery reads it); their code does not.
+BLOCKED = ("openlineage", "airflow.providers.openlineage.", "airflow.providers.smtp.")
+METADATA = ("airflow.providers.openlineage.get_provider_info", "airflow.providers.smtp.get_provider_info")
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(BLOCKED) and name not in METADATA:
+            raise ImportError(f"blocked for this test: {name}")
+        return None
+
+sys.meta_path.insert(0, Block())
+from airflow.dag_processing.dagbag import DagBag
+
+bag = DagBag(dag_folder=sys.argv[1])
+print("ERRORS", bag.import_errors)
+print("TASKS", sorted(t.task_id for t in bag.dags["esl_export"].tasks))
+loaded = (m for m in sys.modules if m.startswith(BLOCKED + ("esl_operators.lineage",)))
+print("LOADED", sorted(m for m in loaded if m not in METADATA))
+"""
+
+
+def test_the_dag_parses_without_the_lineage_and_smtp_providers(airflow_db: str) -> None:
+    """Their code is imported only when a task reports lineage or a callback sends a mail."""
+    parsed = subprocess.run(
+        [sys.executable, "-c", _PARSE_WITHOUT, str(REPO / "dags")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert parsed.returncode == 0, parsed.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in parsed.stdout.splitlines() if line.split(" ")[0].isupper())
+    assert lines["ERRORS"] == "{}"
+    assert lines["TASKS"] == "['aggregate', 'fetch', 'plan_batches']"
+    assert lines["LOADED"] == "[]"
