@@ -137,24 +137,24 @@ def gather_alert(context: Mapping[str, Any], params: Mapping[str, Any], *, faile
         run_id=run_id,
         failed=failed,
         run_url=f"{base}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}",
+        failed_task=_task_name(context.get("ti")) if failed else None,
     )
-    plan = resolve(params, for_task("plan"), lambda s: f"param {s.name!r}")
     try:
+        plan = resolve(params, for_task("plan"), lambda s: f"param {s.name!r}")
         folder = run_dir(resolve_output_root(plan["output_root"]), ds)
-    except ConfigError as exc:
-        alert.notes.append(f"output folder unknown: {exc}")
+    except ConfigError as exc:  # the run was refused before it fetched anything: say why
+        alert.notes.append(f"the run's settings were refused: {exc}")
         return alert if failed else None
     if failed:
-        alert.failed_task = _task_name(context.get("ti"))
         _read_batches(alert, folder, plan)
-    else:
-        try:
-            alert.errors = list(read_json(folder / MANIFEST_NAME)["errors"])
-        except (OSError, ValueError, KeyError) as exc:
-            alert.notes.append(f"{MANIFEST_NAME} of {ds} unreadable: {exc}")
-        if not alert.errors and not alert.notes:
-            return None
-    if not failed and (folder / SUCCESS_NAME).exists():
+        return alert
+    try:
+        alert.errors = list(read_json(folder / MANIFEST_NAME)["errors"])
+    except (OSError, ValueError, KeyError) as exc:
+        alert.notes.append(f"{MANIFEST_NAME} of {ds} unreadable: {exc}")
+    if not alert.errors and not alert.notes:
+        return None
+    if (folder / SUCCESS_NAME).exists():
         alert.report_url = f"{base}{VIEW_URL_PREFIX}/{quote(ds)}/{REPORT_NAME}"
     return alert
 

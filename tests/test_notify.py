@@ -190,3 +190,18 @@ def test_server_text_in_a_mail_is_inert() -> None:
     assert "<script>" not in text and "<b>" not in text
     assert "{{ 7 * 7 }}&lt;script&gt;x()&lt;/script&gt;" in text and "49" not in text
     assert "a &amp; b &quot;quoted&quot;" in text
+
+
+def test_a_run_refused_for_its_settings_says_why() -> None:
+    context = {
+        "logical_date": ANCHOR,
+        "run_id": "manual__r",
+        "ti": types.SimpleNamespace(task_id="plan_batches"),
+    }
+    alert = gather_alert(context, {"servers_per_batch": 0}, failed=True)
+    assert alert is not None
+    assert alert.notes == [
+        "the run's settings were refused: param 'servers_per_batch' must be between 1 and 1000, got 0"
+    ]
+    assert (alert.errors, alert.silent_batches, alert.failed_task) == ([], [], "plan_batches")
+    assert gather_alert(context, {"servers_per_batch": 0}, failed=False) is None  # never a publish
