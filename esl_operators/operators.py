@@ -36,7 +36,7 @@ class EslFetchOperator(BaseOperator):
     retry redoes this batch alone. Every keyword argument but ``servers`` is a run setting
     (:mod:`esl_operators.settings`), templated, with the table's default:
 
-    :param servers: Airflow connection ids (type ``http``) of the servers in this batch.
+    :param servers: Airflow connection ids (type ``esl_working`` or ``http``) of the servers in this batch.
     """
 
     template_fields: Sequence[str] = ("servers", *(s.name for s in for_task("fetch")))
