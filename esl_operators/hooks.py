@@ -222,7 +222,7 @@ def probe(target: ServerTarget, transport: TransportSettings = TEST_TRANSPORT) -
     except EslApiError as exc:
         return False, f"{where}: {exc.reason}"
     except OSError as exc:  # an unreadable CA bundle, before any request
-        return False, f"{target.name}: TLS setup failed: {exc}"
+        return False, f"{where}: TLS setup failed: {exc}"
     return True, f"OK: {len(stores)} store{'' if len(stores) == 1 else 's'} (default excluded), API v3"
 
 
