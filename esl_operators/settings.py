@@ -281,6 +281,17 @@ SETTINGS: tuple[Setting, ...] = (
         tasks=("fetch",), choices=ON_SERVER_ERROR,
     ),
     Setting(
+        "notify_to", "string", None, "Alert mail to",
+        "Addresses mailed when a run fails or publishes with errors, separated by commas. Empty: the "
+        "Variable esl_notify_to, else no mail.",
+        tasks=("notify",), nullable=True, cli=False, section=ALERTS, check=_mail_addresses,
+    ),
+    Setting(
+        "notify_conn_id", "string", "smtp_default", "Alert mail connection",
+        "Airflow connection (type smtp) that sends the alert mails.",
+        tasks=("notify",), cli=False, section=ALERTS,
+    ),
+    Setting(
         "request_timeout_s", "number", 60, "Request timeout (s)",
         "Total time for one request attempt; a connection extra 'timeout' overrides it.",
         tasks=("fetch",), minimum=0, exclusive_minimum=True, maximum=3600,
@@ -332,17 +343,6 @@ SETTINGS: tuple[Setting, ...] = (
         "timezone", "string", "UTC", "Time zone (legacy style)",
         "IANA time zone for legacy-style timestamps, e.g. Asia/Shanghai.",
         tasks=("aggregate",), check=_known_zone,
-    ),
-    Setting(
-        "notify_to", "string", None, "Alert mail to",
-        "Addresses mailed when a run fails or publishes with errors, separated by commas. Empty: the "
-        "Variable esl_notify_to, else no mail.",
-        tasks=("notify",), nullable=True, cli=False, section=ALERTS, check=_mail_addresses,
-    ),
-    Setting(
-        "notify_conn_id", "string", "smtp_default", "Alert mail connection",
-        "Airflow connection (type smtp) that sends the alert mails.",
-        tasks=("notify",), cli=False, section=ALERTS,
     ),
 )
 # fmt: on
