@@ -36,8 +36,8 @@ HeaderStyle = Literal["standard", "legacy"]
 OnServerError = Literal["fail", "skip"]
 HEADER_STYLES: tuple[HeaderStyle, ...] = get_args(HeaderStyle)
 ON_SERVER_ERROR: tuple[OnServerError, ...] = get_args(OnServerError)
+ALERTS = "Alerts"  # trigger-form section of who gets mail about a failed run
 ADVANCED = "Advanced"  # trigger-form section of the settings most runs leave alone
-ALERTS = "Alerts"
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
