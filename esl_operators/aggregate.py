@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order
+from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order, spreadsheet_safe_for
 from esl_operators.exceptions import EslError
 from esl_operators.manifest import BatchManifest, ErrorEntry, Partition, RunSummary, run_manifest
 from esl_operators.partitions import write_lines_atomic
@@ -92,6 +92,7 @@ def aggregate_run(
     ds: str,
     header_style: str = "standard",
     timezone: str = "UTC",
+    spreadsheet_safe: bool | None = None,
     params: Mapping[str, Any] | None = None,
     report: bool = True,
     anchor_source: str = "date",
@@ -104,6 +105,7 @@ def aggregate_run(
     """
     started = time.monotonic()
     style, zone = check_style(header_style, timezone)
+    guarded = spreadsheet_safe_for(style, spreadsheet_safe)
     ordered = _check_batches(manifests)
     folder = run_dir(output_root, ds)
     (folder / SUCCESS_NAME).unlink(missing_ok=True)
@@ -127,7 +129,7 @@ def aggregate_run(
             stats.add(unique)
         name = partition_name(batch)
         write_lines_atomic(
-            folder / name, columns_for(style), render_lines(unique, style, zone), sort_order(unique)
+            folder / name, columns_for(style), render_lines(unique, style, zone, guarded), sort_order(unique)
         )
         partitions.append(
             {
@@ -153,6 +155,7 @@ def aggregate_run(
         anchor_source=anchor_source,
         header_style=style,
         columns=columns_for(style),
+        spreadsheet_safe=guarded,
         params=params,
         removed_files=removed,
     )

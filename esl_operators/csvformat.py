@@ -221,14 +221,58 @@ def csv_lines(table: pa.Table) -> pa.ChunkedArray | pa.Array:
     return pc.binary_join_element_wise(*cells, ",")
 
 
-def render_lines(part: pa.Table, header_style: HeaderStyle, zone: ZoneInfo) -> pa.ChunkedArray:
-    """The published CSV lines of a partition (unsorted, each ending in ``\\n``), on several cores."""
+# Spreadsheet safety (OWASP "CSV injection"): a cell starting with one of these is run as a formula by
+# Excel, LibreOffice and Google Sheets. Only the columns holding text as the servers sent it are
+# guarded (part column names; both layouts derive from them): the numeric columns are validated by
+# records.py (a temperature of -5.0 stays a number), the others are ours.
+FORMULA_START = r"^[=+\-@\t\r]"
+SPREADSHEET_TEXT_COLUMNS = (
+    "esl_id",
+    "store",
+    "screen_size",
+    "description",
+    "firmware",
+    "rom",
+    "extesl_id",
+    "set_wor",  # 0/1/2 on real servers, but passed on as sent: text
+)
+
+
+def spreadsheet_safe_for(header_style: HeaderStyle, spreadsheet_safe: bool | None) -> bool:
+    """The setting ``spreadsheet_safe`` resolved: unset means on for ``legacy`` (the layout opened in
+    spreadsheets), off for ``standard`` (read by programs, kept byte-exact)."""
+    return header_style == "legacy" if spreadsheet_safe is None else spreadsheet_safe
+
+
+def guard_formulas(part: pa.Table) -> pa.Table:
+    """Prefix ``'`` to every server text cell that a spreadsheet would run as a formula."""
+    columns = []
+    for name in part.column_names:
+        column = part[name]
+        if name in SPREADSHEET_TEXT_COLUMNS:
+            risky = pc.match_substring_regex(column, FORMULA_START)
+            column = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
+        columns.append(column)
+    return pa.table(columns, names=part.column_names)
+
+
+def render_lines(
+    part: pa.Table, header_style: HeaderStyle, zone: ZoneInfo, spreadsheet_safe: bool | None = None
+) -> pa.ChunkedArray:
+    """The published CSV lines of a partition (unsorted, each ending in ``\\n``), on several cores.
+
+    ``spreadsheet_safe``: guard formula-like text cells (:func:`guard_formulas`); ``None`` decides by
+    the layout (:func:`spreadsheet_safe_for`).
+    """
     if part.num_rows == 0:
         return pa.chunked_array([], pa.string())
     step = -(-part.num_rows // WORKERS)
     slices = [part.slice(start, step) for start in range(0, part.num_rows, step)]
+    guarded = spreadsheet_safe_for(header_style, spreadsheet_safe)
 
     def render(rows: pa.Table) -> pa.ChunkedArray | pa.Array:
+        if guarded:
+            rows = guard_formulas(rows)
         # "line" + "\n" + "": each line carries its line end, so writing is a plain byte copy
         return pc.binary_join_element_wise(csv_lines(to_output(rows, header_style, zone)), "", "\n")
 

@@ -23,7 +23,7 @@ from esl_operators.client import EslClient, ServerTarget, TransportSettings
 from esl_operators.exceptions import AuthError, ConfigError, EslApiError, NotFoundError, RecordError
 from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.manifest import ErrorEntry, ServerManifest, server_manifest
-from esl_operators.pagination import iter_pages
+from esl_operators.pagination import PageWalk, iter_pages
 from esl_operators.progress import Progress
 from esl_operators.records import DAY_MS, esl_id_of, last_heartbeat_ms, to_part_row
 from esl_operators.retry import RetryPolicy
@@ -103,6 +103,8 @@ class StoreResult:
     removed: int = 0
     capped: bool = False
     error: str | None = None
+    pages_announced_first: int = 0  # total_page of page 1
+    pages_walked: int = 0  # differs when the store moved onto more or fewer pages while paged
     invalid_samples: list[dict[str, str]] = field(default_factory=list)
     removed_ids: list[str] = field(default_factory=list)
     blanked_fields: dict[str, int] = field(default_factory=dict)
@@ -189,9 +191,11 @@ async def _fetch_store(
 ) -> StoreResult:
     result = StoreResult(store)
     buffer: list[tuple[str, ...]] = []
+    walk = PageWalk()
     try:
         # aclosing: leaving early (cap, error) must cancel the page fetched ahead, not leak it.
-        async with contextlib.aclosing(iter_pages(client, store, max_pages=settings.max_pages)) as pages:
+        walking = iter_pages(client, store, max_pages=settings.max_pages, walk=walk)
+        async with contextlib.aclosing(walking) as pages:
             async for page in pages:
                 if page.number == 1:
                     progress.expect(page.total_pages * len(page.entries))
@@ -222,6 +226,7 @@ async def _fetch_store(
         raise  # not this store's problem: the whole server refuses us
     except EslApiError as exc:
         result.error = str(exc)
+    result.pages_announced_first, result.pages_walked = walk.announced_first, walk.walked
     if buffer:
         sink.write_rows(buffer)
     return result

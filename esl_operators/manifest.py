@@ -59,6 +59,10 @@ class StoreManifest(TypedDict):
     blanked_fields: dict[str, int]  # field -> values written empty because they were impossible
     capped: bool
     error: str | None
+    # total_page of page 1, and the pages walked: they differ when the store moved onto more or fewer
+    # pages while it was paged (the walk follows every page's total_page).
+    pages_announced_first: NotRequired[int]
+    pages_walked: NotRequired[int]
 
 
 class Concurrency(TypedDict):
@@ -132,6 +136,8 @@ class RunManifest(TypedDict):
     heartbeat_cutoff: str | None
     header_style: str
     columns: list[str]
+    # Text cells a spreadsheet would run as formulas were prefixed with ' (setting spreadsheet_safe).
+    spreadsheet_safe: NotRequired[bool]
     rows: int
     partitions: list[Partition]
     rows_by_server: dict[str, int]
@@ -183,6 +189,8 @@ def server_manifest(result: ServerResult) -> ServerManifest:
                 "blanked_fields": dict(sorted(s.blanked_fields.items())),
                 "capped": s.capped,
                 "error": s.error,
+                "pages_announced_first": s.pages_announced_first,
+                "pages_walked": s.pages_walked,
             }
             for s in result.stores
         },
@@ -229,6 +237,7 @@ def run_manifest(
     anchor_source: str,
     header_style: str,
     columns: Sequence[str],
+    spreadsheet_safe: bool = False,
     params: Mapping[str, Any] | None,
     removed_files: list[str],
 ) -> RunManifest:
@@ -245,6 +254,7 @@ def run_manifest(
         "heartbeat_cutoff": batches[0]["heartbeat_cutoff"] if batches else None,
         "header_style": header_style,
         "columns": list(columns),
+        "spreadsheet_safe": spreadsheet_safe,
         "rows": sum(p["rows"] for p in partitions),
         "partitions": partitions,
         "rows_by_server": {name: sum(rows_by_store.get(name, {}).values()) for name in servers},

@@ -344,6 +344,13 @@ SETTINGS: tuple[Setting, ...] = (
         "IANA time zone for legacy-style timestamps, e.g. Asia/Shanghai.",
         tasks=("aggregate",), check=_known_zone,
     ),
+    Setting(
+        "spreadsheet_safe", "boolean", None, "Guard spreadsheet formulas",
+        "Prefix ' to text cells from the servers that start with =, +, -, @, a tab or a carriage return, "
+        "so spreadsheets show them instead of running them as formulas. Empty: on for the legacy header "
+        "style, off for standard.",
+        tasks=("aggregate",), nullable=True,
+    ),
 )
 # fmt: on
 

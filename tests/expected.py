@@ -56,3 +56,32 @@ def expected_partition(fleet: Fleet, servers: dict[int, str], cutoff_ms: int) ->
         if d["last_hb_time"] >= cutoff_ms
     ]
     return sorted(rows, key=lambda r: (float(r[17]), r[0], r[2], r[1]))
+
+
+# --- a store that changes while it is paged ------------------------------------------------------
+
+
+def pages_of(labels: list[Any], page_size: int) -> int:
+    return -(-len(labels) // page_size)
+
+
+def labels_read(
+    before: list[Any], after: list[Any], page_size: int, changed_after: int
+) -> tuple[list[Any], int]:
+    """What a correct client reads of a store that changes from ``before`` to ``after`` right after
+    its page ``changed_after`` is served, and how many pages it requests.
+
+    The contract: every page's ``total_page`` is believed. Pages up to ``changed_after`` show
+    ``before``, later ones ``after``; the walk requests the next page while the page in hand says there
+    is one. So a label inserted at the front (onto a page already read) is not read in this run, a
+    label pushed from page k onto page k+1 is read twice (once on each), and a label appended onto a
+    new last page is read.
+    """
+    read: list[Any] = []
+    number = 1
+    while True:
+        labels = before if number <= changed_after else after
+        read += labels[(number - 1) * page_size : number * page_size]
+        if number >= pages_of(labels, page_size):
+            return read, number
+        number += 1

@@ -6,6 +6,7 @@ with the package's storage functions, in the layout the aggregate task publishes
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,7 +25,7 @@ from esl_operators.csvformat import (
 from esl_operators.partitions import write_lines_atomic
 from esl_operators.records import DAY_MS, PART_COLUMNS, to_part_row
 from esl_operators.report import FleetStats, publish_report
-from esl_operators.simulator import Fleet
+from esl_operators.simulator import DEFAULT_STORE, Fleet, ServerData
 from esl_operators.storage import MANIFEST_NAME, partition_name, run_dir, write_json_atomic
 
 
@@ -95,12 +96,38 @@ def publish_run(
     return manifest
 
 
-# Server text that would run as markup if a page let it through (store codes, descriptions, ...).
+# Server text that would run as markup if a page let it through (store codes, descriptions, ...):
+# closing the chart's <svg> early, an image with a handler, breaking out of an attribute value.
 HOSTILE = (
     "</svg><script>alert(1)</script>",
     "<img src=x onerror=alert(1)>",
     '"><script>alert(2)</script>',
+    "</svg><svg onload=alert(3)>",
+    "'><img src=x onerror=alert(4)>",
 )
+
+
+def hostile_fleet(fleet: Fleet) -> Fleet:
+    """``fleet`` with every store code (empty stores included) and every description replaced by
+    :data:`HOSTILE` text (cycled; a number appended where one server needs more codes than there
+    are strings). Labels, ids and every other field are unchanged."""
+    servers = []
+    for server in fleet.servers:
+        codes: dict[str, str] = {}
+        for slot, code in enumerate(c for c in server.stores if c != DEFAULT_STORE):
+            base = HOSTILE[slot % len(HOSTILE)]
+            codes[code] = base if slot < len(HOSTILE) else f"{base} {slot}"
+        codes[DEFAULT_STORE] = DEFAULT_STORE
+        stores = {
+            codes[code]: [
+                {**d, "user": codes[code], "description": HOSTILE[(slot + 1) % len(HOSTILE)]}
+                for slot, d in enumerate(details)
+            ]
+            for code, details in server.stores.items()
+        }
+        users = [{**u, "user": codes[u["user"]]} for u in server.users]
+        servers.append(ServerData(index=server.index, stores=stores, users=users))
+    return Fleet(servers=servers, page_size=fleet.page_size, reference_ms=fleet.reference_ms)
 
 
 class _Tags(HTMLParser):
@@ -114,6 +141,73 @@ class _Tags(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags[tag] += 1
         self.attributes.update(name for name, _ in attrs)
+
+
+class Places(HTMLParser):
+    """What a browser shows as text, by place: table rows under (section, heading), chart texts by
+    chart title, and notes by section. Entities are decoded, so a hostile string found here is text."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: dict[str, list[dict[str, str]]] = {}
+        self.charts: dict[str, list[str]] = {}
+        self.notes: dict[str, list[str]] = {}
+        self._section = ""
+        self._heading = ""
+        self._chart: str | None = None
+        self._headers: list[str] = []
+        self._row: list[str] | None = None
+        self._text: list[str] | None = None
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        if tag == "section":
+            self._section, self._heading = named.get("id") or named.get("class") or "", ""
+        elif tag == "svg":
+            self._chart = named.get("aria-label") or ""
+            self.charts.setdefault(self._chart, [])
+        elif tag == "table":
+            self._headers = []
+        elif tag == "tr":
+            self._row = []
+        if tag in ("h3", "th", "td", "text", "p"):
+            self._text = []
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        text = "".join(self._text or [])
+        if tag == "h3":
+            self._heading = re.sub(r" \([0-9,]+\)$", "", text)
+        elif tag == "th":
+            self._headers.append(text)
+        elif tag == "td" and self._row is not None:
+            self._row.append(text)
+        elif tag == "tr" and self._row:
+            place = f"{self._section}/{self._heading}"
+            self.tables.setdefault(place, []).append(dict(zip(self._headers, self._row, strict=False)))
+            self._row = None
+        elif tag == "text" and self._chart is not None:
+            self.charts[self._chart].append(text)
+        elif tag == "svg":
+            self._chart = None
+        elif tag == "p":
+            self.notes.setdefault(self._section, []).append(text)
+        if tag in ("h3", "th", "td", "text", "p"):
+            self._text = None
+
+    def column(self, place: str, header: str) -> list[str]:
+        """Every cell of one column of the table(s) at ``place`` ("section/heading")."""
+        return [row[header] for row in self.tables[place] if header in row]
+
+
+def clipped(label: str, limit: int = 28) -> str:
+    """A chart tick label as drawn: long ones are cut, the tables carry the full text."""
+    return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 def assert_inert(html: str) -> None:

@@ -281,11 +281,15 @@ def target(url: str) -> ServerTarget:
 
 
 def alpha(**changes: Any) -> StoreResult:
-    return dataclasses.replace(StoreResult("alpha", rows=3, seen=3), **changes)
+    return dataclasses.replace(
+        StoreResult("alpha", rows=3, seen=3, pages_announced_first=2, pages_walked=2), **changes
+    )
 
 
 def beta(**changes: Any) -> StoreResult:
-    return dataclasses.replace(StoreResult("beta", rows=1, seen=2, stale=1), **changes)
+    return dataclasses.replace(
+        StoreResult("beta", rows=1, seen=2, stale=1, pages_announced_first=1, pages_walked=1), **changes
+    )
 
 
 @dataclass(frozen=True)
@@ -313,10 +317,14 @@ def server_down(error: str, requests: int = 1, retries: int = 0) -> Expect:
                   requests=requests, hits={"users": requests})  # fmt: skip
 
 
-def alpha_failed(error: str, *, requests: int = 5, hits: int = 1) -> Expect:
-    """alpha fails on page 1: nothing of it is fetched further; beta is complete."""
+def alpha_failed(error: str, *, requests: int = 5, hits: int = 1, announced: int = 0) -> Expect:
+    """alpha fails on page 1 (which ``announced`` pages, if it got that far): nothing of it is fetched
+    further, no page counts as walked; beta is complete."""
+    failed = alpha(
+        rows=0, seen=0, error=f"{SERVER}: store 'alpha' page 1: {error}", pages_announced_first=announced
+    )
     return Expect(
-        stores=(alpha(rows=0, seen=0, error=f"{SERVER}: store 'alpha' page 1: {error}"), beta()),
+        stores=(dataclasses.replace(failed, pages_walked=0), beta()),
         written={"beta": ["B-1"]},
         requests=requests,
         hits={"page:alpha:1": hits, "page:alpha:2": 0, "detail:A-1": 0},
@@ -405,7 +413,8 @@ CASES: list[Case] = [
          alpha_failed("total_page is not a count: None")),
     Case("page-total-page-above-max-pages",
          bad_p1(total_page=1_000_000_000),
-         alpha_failed("total_page 1000000000 exceeds the cap of 5 pages"), settings={"max_pages": 5}),
+         alpha_failed("total_page 1000000000 exceeds the cap of 5 pages", announced=1_000_000_000),
+         settings={"max_pages": 5}),
     Case("page-data-not-an-object", {"page:alpha:1": always(ok([1, 2]))},
          alpha_failed("'data' is a list, not an object")),
     Case("page-esls-a-dict", bad_p1(esls={"esl_id": "A-1"}),
@@ -414,9 +423,12 @@ CASES: list[Case] = [
          alpha_failed("'esls' is a NoneType, not a list", requests=5)),
     Case("page-2-repeats-page-1", {"page:alpha:2": always(page_with("alpha", 2, esls=P1))},
          Expect(stores=(alpha(rows=2, seen=2, error="srv: store 'alpha' page 2: repeats page 1"
-                              " (a pagination loop on the server)"), beta()),
+                              " (a pagination loop on the server)", pages_walked=1), beta()),
                 written={"alpha": ["A-1", "A-2"], "beta": ["B-1"]}, requests=8,
                 hits={"page:alpha:2": 1, "detail:A-3": 0})),
+    # page 2 says the store grew onto a 3rd page; page 3 then says 2 again (and is empty): followed both ways
+    Case("page-2-announces-a-page-more", {"page:alpha:2": always(page_with("alpha", 2, total_page=3))},
+         Expect(requests=BASE_REQUESTS + 1, hits={"page:alpha:2": 1, "page:alpha:3": 1})),
     Case("page-entry-without-esl-id", bad_p1(esls=[*P1, {"n": 1}]),
          Expect(stores=(alpha(invalid=1, invalid_samples=[{"esl_id": "None", "reason":
                 "page 1: esl_id is missing or not a string ({'n': 1})"}]), beta()))),

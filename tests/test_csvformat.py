@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -167,3 +168,112 @@ def test_style_validation_names_the_bad_value() -> None:
     with pytest.raises(ConfigError, match="Mars/Base"):
         check_style("legacy", "Mars/Base")
     assert check_style("legacy", "Europe/Berlin")[1] == ZoneInfo("Europe/Berlin")
+
+
+# --- spreadsheet safety (OWASP CSV injection) ------------------------------------------------------
+
+# One label whose every server text field starts like a formula, and whose numbers are negative or
+# signed: the numbers must never be touched (records.py validated them), the text always is.
+FORMULAS = {
+    "esl_id": '=HYPERLINK("http://x")',
+    "store": "+SUM(A1:A9)",
+    "create_time": CREATED,
+    "last_hb_time": HB,
+    "battery": "7",
+    "screen_size": "-2+3",
+    "description": "@cmd|' /C calc'!A0, aisle 4",
+    "refresh_times": "10",
+    "firmware": "\tTAB",
+    "rom": "\rCR",
+    "extesl_id": "=1",
+    "set_wor": "-1",
+    "temperature": "-5.0",
+    "frequency": "0.5",
+}
+HARMLESS = {
+    "esl_id": "A=1",
+    "store": "S 1",
+    "description": "1+1",
+    "last_hb_time": HB,
+    "temperature": "-0.5",
+    "frequency": "0.0",
+}
+
+
+def _written(tmp_path: Path, style: str, safe: bool | None) -> bytes:
+    table = _part([FORMULAS, HARMLESS])
+    path = tmp_path / f"{style}-{safe}.csv"
+    columns = STANDARD_COLUMNS if style == "standard" else LEGACY_COLUMNS
+    lines = render_lines(table, style, ZoneInfo("UTC"), safe)  # type: ignore[arg-type]
+    write_lines_atomic(path, columns, lines, sort_order(table))
+    return path.read_bytes()
+
+
+def test_the_legacy_layout_guards_formula_cells_by_default(tmp_path: Path) -> None:
+    expected = (
+        "价签ID,门店,创建时间,电量,最后心跳时间,尺寸,描述,刷屏次数,闪灯时长,firmware,rom,extesl_id,product_id,"
+        "set_wor,frequency\n"
+        "A=1,S 1,,,2024-05-09 16:30:05,,1+1,,,,,,,,0.0\n"
+        '"\'=HYPERLINK(""http://x"")",\'+SUM(A1:A9),2024-01-02 00:00:00,7,2024-05-09 16:30:05,\'-2+3,'
+        "\"'@cmd|' /C calc'!A0, aisle 4\",10,,'\tTAB,\"'\rCR\",'=1,,'-1,0.5\n"
+    )
+    assert _written(tmp_path, "legacy", None) == expected.encode("utf-8")
+    assert _written(tmp_path, "legacy", True) == expected.encode("utf-8")
+    # Read back as any CSV reader does: the guarded cells are the text plus one leading quote.
+    rows = list(csv.reader(io.StringIO(expected)))
+    assert rows[2][0] == "'" + FORMULAS["esl_id"] and rows[2][10] == "'\rCR"
+
+
+def test_the_standard_layout_stays_byte_exact_unless_asked(tmp_path: Path) -> None:
+    header = ",".join(STANDARD_COLUMNS) + "\n"
+    plain = (
+        header + "A=1,S 1,,,2024-05-09T16:30:05Z,,,1+1,,,,,,,,,-0.5,0.0\n"
+        '"=HYPERLINK(""http://x"")",+SUM(A1:A9),,2024-01-02T00:00:00Z,2024-05-09T16:30:05Z,7,-2+3,'
+        '"@cmd|\' /C calc\'!A0, aisle 4",10,,\tTAB,"\rCR",=1,,,-1,-5.0,0.5\n'
+    )
+    assert _written(tmp_path, "standard", None) == plain.encode("utf-8")
+    assert _written(tmp_path, "standard", False) == plain.encode("utf-8")
+    guarded = (
+        header + "A=1,S 1,,,2024-05-09T16:30:05Z,,,1+1,,,,,,,,,-0.5,0.0\n"
+        '"\'=HYPERLINK(""http://x"")",\'+SUM(A1:A9),,2024-01-02T00:00:00Z,2024-05-09T16:30:05Z,7,\'-2+3,'
+        "\"'@cmd|' /C calc'!A0, aisle 4\",10,,'\tTAB,\"'\rCR\",'=1,,,'-1,-5.0,0.5\n"
+    )
+    assert _written(tmp_path, "standard", True) == guarded.encode("utf-8")
+
+
+def test_the_legacy_layout_can_be_left_unguarded(tmp_path: Path) -> None:
+    written = _written(tmp_path, "legacy", False).decode("utf-8")
+    assert written.split("\n")[2].startswith('"=HYPERLINK(""http://x"")",+SUM(A1:A9),')
+    assert not [start for start in ("'=", "'+", "'-", "'@", "'\t", "'\r") if start in written]
+
+
+@pytest.mark.parametrize(
+    ("style", "safe", "guarded"),
+    [("legacy", None, True), ("legacy", False, False), ("standard", None, False), ("standard", True, True)],
+)
+def test_the_aggregate_step_applies_and_records_the_setting(
+    style: str, safe: bool | None, guarded: bool, tmp_path: Path
+) -> None:
+    from esl_operators.aggregate import aggregate_run
+    from esl_operators.batch import batch_manifest
+    from esl_operators.engine import ServerResult, StoreResult
+    from esl_operators.parts import PartWriter
+    from esl_operators.storage import part_path
+    from tests.support import ANCHOR, CUTOFF_MS, DS
+
+    rows = [
+        tuple({**dict.fromkeys(PART_COLUMNS, ""), **r}[c] for c in PART_COLUMNS) for r in (FORMULAS, HARMLESS)
+    ]
+    with PartWriter(part_path(tmp_path, DS, 0)) as writer:
+        writer.write_rows(rows)
+    stores = [StoreResult("+SUM(A1:A9)", rows=1, seen=1), StoreResult("S 1", rows=1, seen=1)]
+    manifest = batch_manifest(
+        [ServerResult("", stores=stores)], batch=0, part="p", anchor=ANCHOR, cutoff_ms=CUTOFF_MS, duration_s=0
+    )
+    aggregate_run(
+        [manifest], output_root=tmp_path, ds=DS, header_style=style, spreadsheet_safe=safe, report=False
+    )
+    published = (tmp_path / DS / "esl_id_part_1.csv").read_bytes()
+    assert published == _written(tmp_path, style, guarded)
+    run = json.loads((tmp_path / DS / "_manifest.json").read_text(encoding="utf-8"))
+    assert run["spreadsheet_safe"] is guarded

@@ -43,6 +43,7 @@ def test_dag_parses_without_network_or_variables() -> None:
         "output_root": None,
         "header_style": "standard",
         "timezone": "UTC",
+        "spreadsheet_safe": None,
     }
     for name, param in dag.params.items():
         assert param.schema.get("type"), name
@@ -115,3 +116,6 @@ def test_dag_run_legacy_style_and_lookback_param(
         assert got[2] == _shanghai(detail["create_time"])
         assert got[4] == _shanghai(detail["last_hb_time"])
     assert [r[0] for r in rows[1:]] == [r[0] for r in expected]
+    # The legacy layout is guarded against spreadsheet formulas unless the param says otherwise.
+    manifest = json.loads((tmp_path / "2024-05-10" / "_manifest.json").read_text(encoding="utf-8"))
+    assert (manifest["spreadsheet_safe"], manifest["params"]["spreadsheet_safe"]) == (True, None)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from esl_operators.config import DAG_ID
 from esl_operators.simulator import build_fleet
 from esl_operators.web import create_app, published_file
-from tests.report_data import HOSTILE, assert_inert, publish_run
+from tests.report_data import HOSTILE, Places, assert_inert, clipped, hostile_fleet, publish_run
 from tests.support import ANCHOR_MS, DS, load_dag
 
 SECRET = "top secret, outside the output root"
@@ -294,8 +294,10 @@ def test_loading_the_plugin_imports_no_heavy_library(tree: Path) -> None:
 def test_hostile_manifest_text_is_inert_in_the_listing_and_the_report(
     tmp_path: Path, viewer: dict[str, str]
 ) -> None:
+    """Store codes and descriptions of the published labels, and the manifest's lists, are hostile
+    text: the view serves the listing and the report with all of it as text, none as markup."""
     root = tmp_path / "esl_export"
-    fleet = build_fleet(servers=2, stores=3, esls=60, seed=5, reference_ms=ANCHOR_MS)
+    fleet = hostile_fleet(build_fleet(servers=2, stores=3, esls=60, seed=5, reference_ms=ANCHOR_MS))
     errors = [{"server": HOSTILE[0], "store": HOSTILE[1], "error": HOSTILE[2]}]
     publish_run(root, DS, fleet, ["esl_a", "esl_b"], errors=errors, skipped_ids=list(HOSTILE))
     with TestClient(create_app(output_root=lambda: root)) as hostile_client:
@@ -306,3 +308,19 @@ def test_hostile_manifest_text_is_inert_in_the_listing_and_the_report(
     assert_inert(listing.text)
     assert_inert(report.text)
     assert "&lt;img src=x onerror=alert(1)&gt;" in report.text
+    places = Places(report.text)
+    stores = {code for server in fleet.servers for code in server.real_stores}
+    assert stores <= set(HOSTILE)  # stores=3: one empty, two with labels, per server
+    shown = set(places.column("battery/Stores to visit first", "store"))
+    assert shown and shown <= stores
+    silent = "heartbeat/The 15 labels silent the longest"
+    assert len(places.column(silent, "store")) == 15 and set(places.column(silent, "store")) <= stores
+    assert set(places.column(silent, "description")) <= set(HOSTILE)
+    named = {
+        f"{code} ({name})"
+        for server, name in zip(fleet.servers, ["esl_a", "esl_b"], strict=True)
+        for code in server.real_stores
+    }
+    assert {clipped(n) for n in named} & set(places.charts["Stores with the most refreshes per label"])
+    assert set(places.column("attention/Skipped ids", "value")) == set(HOSTILE)
+    assert places.column("attention/Errors", "store") == [HOSTILE[1]]

@@ -24,7 +24,7 @@ from esl_operators.report import FleetStats, anchor_ms_of, publish_report, rende
 from esl_operators.report.attention import ATTENTION, HOUSEKEEPING, SHOWN_ELSEWHERE
 from esl_operators.simulator import build_fleet
 from esl_operators.templating import TEMPLATES
-from tests.report_data import HOSTILE, assert_inert, fleet_parts
+from tests.report_data import HOSTILE, Places, assert_inert, clipped, fleet_parts
 from tests.support import ANCHOR_MS, DAY_MS
 
 HOUR_MS = DAY_MS // 24
@@ -505,6 +505,83 @@ def test_hostile_labels_are_inert_in_tables_and_charts() -> None:
     # The text is there, escaped: in a table cell, and as a chart's tick label (matplotlib escapes).
     assert "<td>&lt;img src=x onerror=alert(1)&gt;</td>" in html
     assert re.search(r"<text[^>]*>&lt;/svg&gt;&lt;script&gt;alert\(1\)&lt;/scr", html)
+
+
+def test_hostile_store_codes_and_descriptions_are_text_in_every_place_the_report_shows_them() -> None:
+    """Each hostile string is a store code, a description, a screen size and a firmware of one label,
+    and appears in the manifest's lists; the page is parsed as a browser would, and each string must
+    come out as *text* in each place: every table, chart and attention list that shows such a field."""
+    rows = [
+        _row(
+            f"10-EE-00-0{i}",
+            text,
+            S1,
+            "5",  # under the battery threshold: in the battery chart and table
+            6.9,  # on the oldest day of the window: in the heartbeat chart and table
+            10.0 + i,
+            screen=text,
+            firmware=text,
+            description=HOSTILE[(i + 1) % len(HOSTILE)],  # another string than the store code
+        )
+        for i, text in enumerate(HOSTILE)
+    ]
+    empty = "<img src=x onerror=alert(9)>"  # a store that exported nothing: named in a note
+    manifest = {
+        **MANIFEST,
+        "rows": len(rows),
+        "rows_by_store": {S1: {**{text: 1 for text in HOSTILE}, empty: 0}},
+        "errors": [
+            {"server": S1, "store": text, "error": f"{S1}: store {text!r}: {text}"} for text in HOSTILE
+        ],
+        "capped_stores": [{"server": S1, "store": text} for text in HOSTILE],
+        "invalid_records": {
+            "count": len(HOSTILE),
+            "listed": [{"server": S1, "store": t, "esl_id": t, "reason": f"detail for {t}"} for t in HOSTILE],
+        },
+        "removed_labels": {
+            "count": len(HOSTILE),
+            "listed": [{"server": S1, "store": t, "esl_id": t} for t in HOSTILE],
+        },
+        "servers": {S1: {"stores": {t: {} for t in HOSTILE}, "error": HOSTILE[1]}},
+    }
+    html = render_report(_stats([rows]), manifest, anchor_ms=ANCHOR_MS)
+    assert_inert(html)
+    assert html.count("<svg ") == html.count("</svg>") == 8  # no chart closed early, none opened
+    places = Places(html)
+    everywhere = set(HOSTILE)
+    tables = {
+        ("battery/Stores to visit first", "store"),
+        ("frequency/The 5 labels refreshing most often", "store"),
+        ("frequency/The 5 labels refreshing most often", "description"),
+        ("heartbeat/The 5 labels silent the longest", "store"),
+        ("heartbeat/The 5 labels silent the longest", "description"),
+        ("hardware/Firmware", "firmware"),
+        ("attention/Errors", "store"),
+        ("attention/Errors", "error"),
+        ("attention/Capped stores", "store"),
+        ("attention/Invalid records", "store"),
+        ("attention/Invalid records", "esl_id"),
+        ("attention/Removed labels", "store"),
+        ("attention/Removed labels", "esl_id"),
+    }
+    for place, header in sorted(tables):
+        cells = places.column(place, header)
+        found = (
+            everywhere & set(cells)
+            if header != "error"
+            else {t for t in HOSTILE if any(t in c for c in cells)}
+        )
+        assert found == everywhere, (place, header)
+    charts = {
+        "Stores with the most labels under 20%",
+        "Stores with the most refreshes per label",
+        "Stores with labels close to dropping out",
+        "Screen size",
+    }
+    for chart in sorted(charts):
+        assert {clipped(t) for t in HOSTILE} <= set(places.charts[chart]), chart
+    assert HOSTILE[1] in places.column("run/", "status")
+    assert f"Stores that exported no labels: {empty} ({S1})." in places.notes["run"]
 
 
 _AGGREGATE_WITH_REPORT = """

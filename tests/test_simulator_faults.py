@@ -25,6 +25,7 @@ from esl_operators.simulator import (
     ServerData,
     SimulatorThread,
     build_fleet,
+    grown_store,
 )
 from esl_operators.simulator.__main__ import main as cli_main
 from esl_operators.simulator.faults import INJECTED_KINDS, retry_after_text
@@ -158,6 +159,10 @@ def test_profile_validation_and_retry_after_text() -> None:
             FaultProfile(**bad)
     with pytest.raises(ValueError, match="unknown transient fault kinds"):
         FaultProfile(transient_kinds=("503", "boom"))
+    with pytest.raises(ValueError, match="grow_at must be one of"):
+        FaultProfile(grow_while_paged=1, grow_at="middle")
+    with pytest.raises(ValueError, match="grow_after_page must be >= 1"):
+        FaultProfile(grow_while_paged=1, grow_after_page=0)
     assert FaultProfile(transient_kinds=["503"]).transient_kinds == ("503",)  # type: ignore[arg-type]
     assert [retry_after_text(s) for s in (0, 2.0, 0.5, 1.25)] == ["0", "2", "0.5", "1.25"]
 
@@ -460,9 +465,67 @@ def test_cli_fault_flags() -> None:
         assert proc.returncode == 0, stderr.decode()
 
 
+def _page(url: str, store: str, n: int) -> tuple[int, list[str]]:
+    status, body = get_json(url + page_path(store, n))
+    assert status == 200, body
+    return body["data"]["total_page"], [e["esl_id"] for e in body["data"]["esls"]]
+
+
+@pytest.mark.parametrize("where", ["front", "end"])
+def test_cli_grows_a_store_while_it_is_paged(where: str) -> None:
+    """``--grow-while-paged 1``: right after page 1 of a store is first served, one label joins it at
+    the front (every later label moves on by one) or the end; its detail is served, deterministically."""
+    args = ["--servers", "1", "--base-port", "0", "--stores", "3", "--esls", "130", "--page-size", "50"]
+    args += ["--seed", "3", "--reference-date", REFERENCE_DATE.isoformat()]
+    args += ["--grow-while-paged", "1", "--grow-at", where]
+    server = build_fleet(servers=1, stores=3, esls=130, seed=3, reference_ms=REFERENCE_MS).servers[0]
+    store = next(code for code, labels in server.real_stores.items() if len(labels) == 100)
+    old = [d["esl_id"] for d in server.stores[store]]
+    added = grown_store(FaultProfile(grow_while_paged=1, grow_at=where), server, store)
+    new = (added[0] if where == "front" else added[-1])["esl_id"]
+    assert new not in old and len(added) == 101
+    with simulator_cli(args, 1) as (proc, lines):
+        url = lines[0].split(" on ")[1]
+        assert _page(url, store, 1) == (2, old[:50])  # served before the change
+        if where == "front":
+            assert _page(url, store, 2) == (3, old[49:99])  # old[49] again: pushed from page 1
+            assert _page(url, store, 3) == (3, old[99:])  # old[99] pushed from page 2 onto page 3
+            assert _page(url, store, 1) == (3, [new, *old[:49]])
+        else:
+            assert _page(url, store, 2) == (3, old[50:])
+            assert _page(url, store, 3) == (3, [new])
+        status, body = get_json(url + detail_path(new))
+        assert status == 200 and body["data"] == next(d for d in added if d["esl_id"] == new)
+        assert body["data"]["user"] == store
+        assert _page(url, store, 1)[0] == 3  # the store changes once, not on every page 1
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+        assert proc.returncode == 0, stderr.decode()
+
+
+def test_a_store_shrunk_while_paged_forgets_its_removed_labels(fleet: Fleet) -> None:
+    profile = FaultProfile(grow_while_paged=-60, grow_at="front")
+    server = fleet.servers[0]
+    store, labels = next((c, ls) for c, ls in server.real_stores.items() if len(ls) == 100)
+    with SimulatorThread(fleet, faults=profile) as sim:
+        url = sim.urls[0]
+        assert _page(url, store, 1) == (2, [d["esl_id"] for d in labels[:50]])
+        assert _page(url, store, 1) == (1, [d["esl_id"] for d in labels[60:]])
+        assert get_json(url + detail_path(labels[0]["esl_id"]))[0] == 404
+        assert get_json(url + detail_path(labels[60]["esl_id"]))[0] == 200
+        assert injected(sim, 0) == {"grown": 1}
+
+
 @pytest.mark.parametrize(
     "bad",
-    [["--fault-kinds", "503,boom"], ["--down-servers", "3"], ["--fault-rate", "2"], ["--down-servers", "x"]],
+    [
+        ["--grow-at", "middle"],
+        ["--grow-after-page", "0"],
+        ["--fault-kinds", "503,boom"],
+        ["--down-servers", "3"],
+        ["--fault-rate", "2"],
+        ["--down-servers", "x"],
+    ],
 )
 def test_cli_rejects_bad_fault_flags(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:

@@ -47,6 +47,7 @@ SHOWN_ELSEWHERE = frozenset(
         "heartbeat_cutoff",
         "header_style",
         "columns",
+        "spreadsheet_safe",
         "rows",
         "partitions",
         "rows_by_server",

@@ -1,12 +1,13 @@
 """Deterministic simulator of Hanshow ESL-Working servers (HTTP API v3) for tests and benchmarks."""
 
 from .dataset import DEFAULT_STORE, Fleet, ServerData, build_fleet, envelope, reference_ms_for
-from .faults import TRANSIENT_KINDS, FaultProfile
+from .faults import GROW_ENDS, TRANSIENT_KINDS, FaultProfile, grown_store
 from .server import STATS_KEY, STATS_PATH, RunningServer, Stats, make_app, start_fleet, stop_fleet
 from .threaded import SimulatorThread
 
 __all__ = [
     "DEFAULT_STORE",
+    "GROW_ENDS",
     "STATS_KEY",
     "STATS_PATH",
     "TRANSIENT_KINDS",
@@ -18,6 +19,7 @@ __all__ = [
     "Stats",
     "build_fleet",
     "envelope",
+    "grown_store",
     "make_app",
     "reference_ms_for",
     "start_fleet",

@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 
 from .dataset import build_fleet, reference_ms_for
-from .faults import TRANSIENT_KINDS, FaultProfile
+from .faults import GROW_ENDS, TRANSIENT_KINDS, FaultProfile
 from .server import check_overload, start_fleet, stop_fleet
 
 
@@ -66,6 +66,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     faults.add_argument("--slow-ms", type=float, default=0.0, help="delay of a slow first attempt")
     faults.add_argument("--removed-rate", type=float, default=0.0, help="share of ESL ids answering 404")
     faults.add_argument("--wrong-types-rate", type=float, default=0.0, help="share of ESL ids mangled")
+    faults.add_argument(
+        "--grow-while-paged",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N labels to every store right after its page --grow-after-page is first served "
+        "(negative: remove -N); see --grow-at",
+    )
+    faults.add_argument(
+        "--grow-at", choices=GROW_ENDS, default="end", help="front: shift later labels; end: append (default)"
+    )
+    faults.add_argument("--grow-after-page", type=int, default=1, metavar="K", help="default 1")
     faults.add_argument("--down-servers", type=_index_list, default=[], help="e.g. 1,2: refuse connections")
     faults.add_argument("--unauthorized-servers", type=_index_list, default=[], help="e.g. 0: answer 401")
     return parser.parse_args(argv)
@@ -82,6 +94,9 @@ def _fault_profiles(args: argparse.Namespace) -> dict[int, FaultProfile] | None:
         slow_ms=args.slow_ms,
         removed_rate=args.removed_rate,
         wrong_types_rate=args.wrong_types_rate,
+        grow_while_paged=args.grow_while_paged,
+        grow_at=args.grow_at,
+        grow_after_page=args.grow_after_page,
     )
     down, unauthorized = set(args.down_servers), set(args.unauthorized_servers)
     outside = sorted(i for i in down | unauthorized if not 0 <= i < args.servers)

@@ -16,11 +16,16 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .dataset import ServerData
 
 TRANSIENT_KINDS = ("503", "429", "reset", "truncated", "envelope")
+# Where a store changed while paged gains (or loses) its labels.
+GROW_ENDS = ("front", "end")
 # Keys of ``Stats.injected``: one counter per fault class the server can inject.
-INJECTED_KINDS = (*TRANSIENT_KINDS, "slow", "removed", "wrong_types", "unauthorized")
+INJECTED_KINDS = (*TRANSIENT_KINDS, "slow", "removed", "wrong_types", "unauthorized", "grown")
 
 # One salt per fault class, so the classes are selected independently of each other.
 _SALT_TRANSIENT = "transient"
@@ -66,6 +71,14 @@ class FaultProfile:
     credentials: tuple[str, str] | None = None
     # The server does not accept connections at all.
     down: bool = False
+    # A store that changes while it is paged: right after page ``grow_after_page`` of a store is served
+    # for the first time, ``grow_while_paged`` labels are added to it (negative: removed from it), at the
+    # ``grow_at`` end of its list. "front" shifts every later label by that many positions (offset
+    # pagination then serves some labels twice and, when removing, skips some); "end" appends. The
+    # labels added are :func:`grown_store`'s, so tests know them; removed labels' details answer 404.
+    grow_while_paged: int = 0
+    grow_at: str = "end"
+    grow_after_page: int = 1
 
     def __post_init__(self) -> None:
         # Accept any iterable of kinds (a list from a CLI parser), but store a hashable tuple.
@@ -78,11 +91,21 @@ class FaultProfile:
                 raise ValueError(f"{name} must be in 0..1")
         if self.slow_ms < 0 or self.retry_after_s < 0:
             raise ValueError("slow_ms and retry_after_s must be >= 0")
+        if self.grow_at not in GROW_ENDS:
+            raise ValueError(f"grow_at must be one of {GROW_ENDS}, got {self.grow_at!r}")
+        if self.grow_after_page < 1:
+            raise ValueError("grow_after_page must be >= 1")
 
     @property
     def injects_nothing(self) -> bool:
         """True when serving with this profile is identical to serving without one."""
-        return self == FaultProfile(seed=self.seed, transient_kinds=self.transient_kinds)
+        plain = FaultProfile(
+            seed=self.seed,
+            transient_kinds=self.transient_kinds,
+            grow_at=self.grow_at,
+            grow_after_page=self.grow_after_page,
+        )
+        return self == plain
 
     def refuses(self, authorization: str | None) -> bool:
         """Whether a request with this ``Authorization`` header answers 401."""
@@ -123,6 +146,42 @@ class FaultProfile:
         wrong = {"battery": "n/a", "refresh_times": "12x", "create_time": -5, "product_id": "zz"}
         # A fresh dict per call: callers may mutate the result.
         return {**detail, **wrong, "temperature": {"c": 21}}
+
+
+def grown_store(profile: FaultProfile, server: ServerData, store: str) -> list[dict[str, Any]]:
+    """The detail dicts of ``store`` in page order after it changed while paged (pure: the same
+    profile, server and store give the same labels).
+
+    Added labels are copies of the server's most recently seen label (so they are inside any heartbeat
+    window the dataset's are), with ids ``{server prefix}N{store slot:03d}-{k:04d}`` (e.g.
+    ``51-N002-0001``, a shape the dataset's ``51-0A-1B-2C`` ids never have), ``user`` set to the
+    store and ``refresh_times`` raised by ``k``, so each added row is distinct.
+    """
+    labels = list(server.stores[store])
+    count = profile.grow_while_paged
+    if count < 0:
+        keep = max(0, len(labels) + count)
+        return labels[len(labels) - keep :] if profile.grow_at == "front" else labels[:keep]
+    template = _freshest(server)
+    if count == 0 or template is None:
+        return labels
+    slot = list(server.stores).index(store)
+    prefix = template["esl_id"].split("-", 1)[0]
+    added = [
+        {
+            **template,
+            "esl_id": f"{prefix}-N{slot:03d}-{k:04d}",
+            "user": store,
+            "refresh_times": template["refresh_times"] + k,
+        }
+        for k in range(1, count + 1)
+    ]
+    return added + labels if profile.grow_at == "front" else labels + added
+
+
+def _freshest(server: ServerData) -> dict[str, Any] | None:
+    real = [d for details in server.real_stores.values() for d in details]
+    return max(real, key=lambda d: (d["last_hb_time"], d["esl_id"])) if real else None
 
 
 def _selected(seed: int, salt: str, key: str, rate: float) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from .dataset import Fleet, ServerData, envelope
-from .faults import INJECTED_KINDS, FaultProfile, retry_after_text
+from .faults import INJECTED_KINDS, FaultProfile, grown_store, retry_after_text
 
 # Error codes of the simulated API (the values clients see in error_code / status_no).
 CODE_BAD_REQUEST = 1
@@ -49,7 +49,8 @@ class Stats:
     that reached their route, so a request answered by an injected transient fault or 401 is
     counted only in ``total`` and ``injected`` (removed and wrong-typed details do reach the
     route). ``injected`` has one counter per ``INJECTED_KINDS`` value: responses served with
-    that fault ("reset": connections dropped; "slow": first attempts delayed). ``overloaded``
+    that fault ("reset": connections dropped; "slow": first attempts delayed; "grown": stores
+    changed while paged). ``overloaded``
     counts requests refused at once in overload mode (``overload_status``); they are in
     ``total`` too, but never in ``in_flight``.
     """
@@ -106,6 +107,11 @@ class _SimulatedServer:
         # Paths whose first attempt already got its transient fault or delay; only selected
         # paths are stored, so memory stays bounded by the fault rate.
         self._faulted: set[str] = set()
+        # Stores changed while paged (grow_while_paged): their labels now, and the ids they gained
+        # or lost. The fleet's own data is never mutated: other servers and tests share it.
+        self._grown: dict[str, list[dict[str, Any]]] = {}
+        self._added: dict[str, dict[str, Any]] = {}
+        self._gone: set[str] = set()
 
     @web.middleware
     async def throttle(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -219,7 +225,7 @@ class _SimulatedServer:
         raw_n = request.match_info["n"]
         if not _POSITIVE_INT.fullmatch(raw_n) or int(raw_n) < 1:
             return self._error(400, CODE_BAD_REQUEST, "invalid page number")
-        esls = self.server.stores.get(store)
+        esls = self._grown.get(store, self.server.stores.get(store))
         if esls is None:
             # Real servers answer an unknown store with HTTP 200 and an error envelope.
             return self._error(200, CODE_STORE_NOT_FOUND, "store not found")
@@ -228,12 +234,25 @@ class _SimulatedServer:
             "total_page": -(-len(esls) // self.page_size),
             "esls": [{"esl_id": esl["esl_id"]} for esl in esls[start : start + self.page_size]],
         }
+        if int(raw_n) == self.faults.grow_after_page:
+            self._grow(store)  # after this page's answer is built: the next page sees the change
         return _json(envelope(self.server.index, data))
+
+    def _grow(self, store: str) -> None:
+        if not self.faults.grow_while_paged or store in self._grown:
+            return
+        before = self.server.stores[store]
+        after = grown_store(self.faults, self.server, store)
+        self._grown[store] = after
+        now = {esl["esl_id"] for esl in after}
+        self._gone.update(esl["esl_id"] for esl in before if esl["esl_id"] not in now)
+        self._added.update((esl["esl_id"], esl) for esl in after if self.server.detail(esl["esl_id"]) is None)
+        self._inject("grown")
 
     async def detail(self, request: web.Request) -> web.Response:
         self.stats.details += 1
         esl_id = request.match_info["esl_id"]
-        esl = self.server.detail(esl_id)
+        esl = None if esl_id in self._gone else self._added.get(esl_id) or self.server.detail(esl_id)
         if esl is None:
             return self._error(404, CODE_ESL_NOT_FOUND, "esl not found")
         if self.faults.is_removed(esl_id):

@@ -1,9 +1,10 @@
 """The "ESL exports" view inside a real Airflow UI, driven by headless Chromium.
 
 One api-server (SQLite home, simple auth manager, this repo's plugins folder) serves an output root
-holding one published run; the browser logs in through the real login form, opens Browse → ESL
-exports, follows the link to the report and checks that its charts rendered. Screenshots go to
-``artifacts/``.
+holding two published runs whose store codes and descriptions are hostile markup (``HOSTILE``); the
+browser logs in through the real login form, opens Browse → ESL exports, follows the link to the
+report and checks that its charts rendered, that no dialog ever opened and that no injected element
+exists: the hostile text is shown as text. Screenshots go to ``artifacts/``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from esl_operators.simulator import build_fleet, reference_ms_for
-from tests.report_data import publish_run
+from tests.report_data import HOSTILE, hostile_fleet, publish_run
 from tests.support import DS, REPO
 from tests.ui.harness import (
     CHROMIUM,
@@ -38,14 +39,18 @@ SERVERS = ["esl_store_a", "esl_store_b", "esl_store_c"]
 ARTIFACTS = REPO / "artifacts"
 WAIT_MS = 30_000
 CHARTS = 8  # battery x2, frequency x2, heartbeat x2, chips, screens
+# What hostile text would have created had it been taken as markup.
+INJECTED = "script, img, iframe, object, embed, [onerror], [onload], svg svg"
 
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowHome, ApiServer]]:
     base = tmp_path_factory.mktemp("ui")
     root = base / "esl_export"
-    fleet = build_fleet(
-        servers=3, stores=6, esls=300, seed=7, reference_ms=reference_ms_for(dt.date(2024, 5, 10))
+    fleet = hostile_fleet(
+        build_fleet(
+            servers=3, stores=6, esls=300, seed=7, reference_ms=reference_ms_for(dt.date(2024, 5, 10))
+        )
     )
     failure = {
         "server": "esl_store_c",
@@ -126,6 +131,8 @@ def test_view_inside_airflow_and_report_charts(airflow: tuple[AirflowHome, ApiSe
             report = view.locator("svg.chart")
             report.first.wait_for(timeout=WAIT_MS)
             _check_charts(report)
+            _check_inert(view.locator("body"))
+            assert page.locator('img[src="x"], [onerror], [onload]').count() == 0  # Airflow's own page
             page.screenshot(path=str(ARTIFACTS / "esl-report-in-airflow.png"), full_page=True)
 
             # The report on its own, full length, as a person opening it in a new tab sees it.
@@ -136,6 +143,7 @@ def test_view_inside_airflow_and_report_charts(airflow: tuple[AirflowHome, ApiSe
             attention = alone.locator("#attention")
             assert "Needs attention" in attention.inner_text()
             assert "<script>alert(1)</script>" in attention.inner_text()  # shown as text, never run
+            _check_inert(alone.locator("body"))
             alone.screenshot(path=str(ARTIFACTS / "esl-report.png"), full_page=True)
         finally:
             browser.close()
@@ -151,7 +159,24 @@ def _collect_problems(page: Any, problems: list[str]) -> None:
         "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
     )
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("dialog", lambda d: problems.append(f"dialog opened: {d.message}"))
+    page.on("dialog", lambda d: _refuse(d, problems))
+
+
+def _refuse(dialog: Any, problems: list[str]) -> None:
+    problems.append(f"dialog opened: {dialog.message}")
+    dialog.dismiss()  # a listened-to dialog is not dismissed by Playwright: the page would hang
+
+
+def _check_inert(body: Any) -> None:
+    """The report's hostile store codes and descriptions are on the page as text, and made nothing."""
+    assert body.locator(INJECTED).count() == 0
+    stores = body.locator("#battery table").inner_text()
+    silent = body.locator("#heartbeat table").inner_text()
+    assert sum(text in stores for text in HOSTILE) >= 2, stores
+    assert sum(text in silent for text in HOSTILE) >= 2, silent  # descriptions and store codes
+    # The charts' tick labels are text nodes of the SVG, not elements of their own.
+    ticks = body.locator("svg.chart text").all_text_contents()
+    assert any(text.startswith("</svg>") for text in ticks)
 
 
 def _check_charts(charts: Any) -> None:

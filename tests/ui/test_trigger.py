@@ -37,6 +37,7 @@ def _epoch_ms(text: str) -> int:
         ({"max_concurrency": 65}, "max_concurrency"),
         ({"header_style": "fancy"}, "header_style"),
         ({"servers_per_batch": "two"}, "servers_per_batch"),
+        ({"spreadsheet_safe": "maybe"}, "spreadsheet_safe"),
     ],
 )
 def test_rest_api_refuses_invalid_params_before_a_run_exists(
