@@ -17,6 +17,7 @@ from esl_operators.config import (
     OUTPUT_ASSET_URI,
     fetch_pool,
 )
+from esl_operators.notify import EslRunNotifier
 from esl_operators.settings import dag_params, templated
 
 # Updated by the aggregate task once a date is published; the event's extra names the date and folder.
@@ -33,6 +34,9 @@ with DAG(
     tags=["esl"],
     doc_md=__doc__,
     params=dag_params(),
+    # Alert mails (params notify_to / notify_conn_id): a failed run, or one that published with errors.
+    on_failure_callback=EslRunNotifier(failed=True),
+    on_success_callback=EslRunNotifier(failed=False),
 ) as dag:
 
     @task

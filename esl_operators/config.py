@@ -33,6 +33,8 @@ MAX_ACTIVE_FETCHES_PER_RUN = 8
 #: The name of the Asset the aggregate task updates when a date is published.
 OUTPUT_ASSET_NAME = "esl_export_csv"
 OUTPUT_ASSET_URI = "x-esl-export://esl_export/csv"
+#: Where the api-server mounts the "ESL exports" view (esl_operators.plugin); alert mails link below it.
+VIEW_URL_PREFIX = "/esl-exports"
 #: Airflow's default for ``[core] max_map_length``.
 DEFAULT_MAX_MAP_LENGTH = 1024
 

@@ -36,7 +36,7 @@ class EslFetchOperator(BaseOperator):
     retry redoes this batch alone. Every keyword argument but ``servers`` is a run setting
     (:mod:`esl_operators.settings`), templated, with the table's default:
 
-    :param servers: Airflow connection ids (type ``http``) of the servers in this batch.
+    :param servers: Airflow connection ids (type ``esl_working`` or ``http``) of the servers in this batch.
     """
 
     template_fields: Sequence[str] = ("servers", *(s.name for s in for_task("fetch")))
@@ -69,15 +69,26 @@ class EslFetchOperator(BaseOperator):
         max_threads = options.pop("max_threads")
         settings = make_settings(cutoff_ms=cutoff, **options)
         targets = resolve_targets(servers)
+        self._lineage_servers = [t.base_url for t in targets]
         self.log.info("batch %d: %d servers, heartbeat cutoff %d", batch, len(targets), cutoff)
         manifest = run_batch(
             targets, settings, output_root=root, ds=ds, batch=batch, anchor=anchor, max_threads=max_threads
         )
+        self._lineage_errors = list(manifest["errors"])
         self.log.info("batch %d: %d rows, %d errors", batch, manifest["rows"], len(manifest["errors"]))
         if manifest["errors"] and on_error == "fail":
             count = len(manifest["errors"])
             raise EslFetchError(f"batch {batch} had {count} failures:\n{error_summary(manifest)}")
         return manifest
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the batch's servers as inputs; failed servers/stores as a run facet."""
+        from esl_operators.lineage import fetch_lineage  # the provider is optional: never at parse time
+
+        return fetch_lineage(getattr(self, "_lineage_servers", []), getattr(self, "_lineage_errors", []))
+
+    # A failed batch reads the same servers; its errors facet is what the FAIL event adds.
+    get_openlineage_facets_on_failure = get_openlineage_facets_on_complete
 
 
 @document_options("aggregate")
@@ -112,6 +123,7 @@ class EslAggregateOperator(BaseOperator):
         root = resolve_output_root(options.pop("output_root"))
         # Index by position: iterating a lazy XCom sequence probes one past the end and logs a 404.
         manifests = self.manifests or []
+        self._lineage_folder = root / ds
         summary = aggregate_run(
             [manifests[i] for i in range(len(manifests))],
             output_root=root,
@@ -122,6 +134,20 @@ class EslAggregateOperator(BaseOperator):
         )
         announce_published(context, self.outlets, published_event(summary, str(root / ds)))
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the published folder, with its columns and row, byte and file counts."""
+        from esl_operators.lineage import aggregate_lineage
+
+        folder = getattr(self, "_lineage_folder", None)
+        return None if folder is None else aggregate_lineage(folder, published=True)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """OpenLineage: the folder the run was to publish (nothing was: no statistics)."""
+        from esl_operators.lineage import aggregate_lineage
+
+        folder = getattr(self, "_lineage_folder", None)
+        return None if folder is None else aggregate_lineage(folder, published=False)
 
 
 def published_event(summary: RunSummary, folder: str) -> dict[str, Any]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from esl_operators.config import VIEW_URL_PREFIX
 from esl_operators.web import create_app
 
-URL_PREFIX = "/esl-exports"
+URL_PREFIX = VIEW_URL_PREFIX
 
 
 class EslExportsPlugin(AirflowPlugin):

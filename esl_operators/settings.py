@@ -20,6 +20,7 @@ import argparse
 import inspect
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
@@ -28,12 +29,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from esl_operators.exceptions import ConfigError
 
 Kind = Literal["integer", "number", "boolean", "string", "strings"]
-Task = Literal["plan", "fetch", "aggregate"]
+# "notify": the run's alert callbacks (esl_operators.notify), which read their settings from the params.
+Task = Literal["plan", "fetch", "aggregate", "notify"]
 
 HeaderStyle = Literal["standard", "legacy"]
 OnServerError = Literal["fail", "skip"]
 HEADER_STYLES: tuple[HeaderStyle, ...] = get_args(HeaderStyle)
 ON_SERVER_ERROR: tuple[OnServerError, ...] = get_args(OnServerError)
+ALERTS = "Alerts"  # trigger-form section of who gets mail about a failed run
 ADVANCED = "Advanced"  # trigger-form section of the settings most runs leave alone
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -52,6 +55,22 @@ def parse_bool(value: Any, source: str = "value") -> bool:
     if text in _FALSE:
         return False
     raise ConfigError(f"{source} must be true or false, got {value!r}")
+
+
+# A plain mail address, as SMTP wants it in RCPT TO (no display names).
+_ADDRESS = re.compile(r"[^@\s,;<>\"]+@[^@\s,;<>\"]+")
+
+
+def split_addresses(text: str) -> list[str]:
+    """Mail addresses written one after another, separated by commas, semicolons or blanks."""
+    return [a for a in re.split(r"[,;\s]+", text) if a]
+
+
+def _mail_addresses(text: str) -> str | None:
+    bad = [a for a in split_addresses(text) if not _ADDRESS.fullmatch(a)]
+    if bad:
+        return f"must be mail addresses (ops@example.com) separated by commas; {bad[0]!r} is not one"
+    return None
 
 
 def _known_zone(name: str) -> str | None:
@@ -260,6 +279,17 @@ SETTINGS: tuple[Setting, ...] = (
         "fail: the batch's task fails after writing its manifest, so Airflow retries that batch alone. "
         "skip: record the failure in the manifest and publish the rest.",
         tasks=("fetch",), choices=ON_SERVER_ERROR,
+    ),
+    Setting(
+        "notify_to", "string", None, "Alert mail to",
+        "Addresses mailed when a run fails or publishes with errors, separated by commas. Empty: the "
+        "Variable esl_notify_to, else no mail.",
+        tasks=("notify",), nullable=True, cli=False, section=ALERTS, check=_mail_addresses,
+    ),
+    Setting(
+        "notify_conn_id", "string", "smtp_default", "Alert mail connection",
+        "Airflow connection (type smtp) that sends the alert mails.",
+        tasks=("notify",), cli=False, section=ALERTS,
     ),
     Setting(
         "request_timeout_s", "number", 60, "Request timeout (s)",

@@ -31,6 +31,8 @@ def test_dag_parses_without_network_or_variables() -> None:
         "adaptive_concurrency": True,
         "max_threads": 3,
         "on_server_error": "fail",
+        "notify_to": None,
+        "notify_conn_id": "smtp_default",
         "request_timeout_s": 60,
         "connect_timeout_s": 10,
         "retry_attempts": 5,

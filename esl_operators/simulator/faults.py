@@ -12,7 +12,9 @@ A retry of the same resource therefore maps to the same key, which is what makes
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +66,9 @@ class FaultProfile:
     wrong_types_rate: float = 0.0
     # Every request answers 401.
     unauthorized: bool = False
+    # (login, password): requests without exactly this HTTP basic auth answer 401, like a server
+    # with an API account. None: no authentication, as most in-store servers.
+    credentials: tuple[str, str] | None = None
     # The server does not accept connections at all.
     down: bool = False
     # A store that changes while it is paged: right after page ``grow_after_page`` of a store is served
@@ -101,6 +106,16 @@ class FaultProfile:
             grow_after_page=self.grow_after_page,
         )
         return self == plain
+
+    def refuses(self, authorization: str | None) -> bool:
+        """Whether a request with this ``Authorization`` header answers 401."""
+        if self.unauthorized:
+            return True
+        if self.credentials is None:
+            return False
+        login, password = self.credentials
+        token = base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
+        return not hmac.compare_digest(authorization or "", f"Basic {token}")
 
     def transient_kind(self, path: str) -> str | None:
         """The fault of the first attempt at ``path`` (a ``TRANSIENT_KINDS`` value), or None."""

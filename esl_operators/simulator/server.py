@@ -172,7 +172,7 @@ class _SimulatedServer:
         faults = self.faults
         if request.path == STATS_PATH:
             return await handler(request)
-        if faults.unauthorized:
+        if faults.refuses(request.headers.get("Authorization")):
             self._inject("unauthorized")
             return self._envelope_error(401, CODE_UNAUTHORIZED, "unauthorized")
         path = request.path
