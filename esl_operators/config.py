@@ -100,7 +100,9 @@ def resolve_output_root(param_value: str | None) -> Any:
 
     root = param_value or Variable.get(OUTPUT_ROOT_VARIABLE, default=None) or DEFAULT_OUTPUT_ROOT
     if "://" not in root:
-        root = as_local_root(root).as_uri()
+        # Not Path.as_uri(): ObjectStoragePath keeps percent-escapes literally, so "/x/my exports" would
+        # become a folder named "my%20exports".
+        root = "file://" + str(as_local_root(root))
     return ObjectStoragePath(root)
 
 

@@ -191,3 +191,15 @@ def test_published_run_emits_an_asset_event_naming_the_date_and_folder(
     [summary] = summarize_events([Event()])
     assert summary["rows"] == manifest["rows"]
     assert summary["partitions"] == {p["file"]: p["rows"] for p in manifest["partitions"]}
+
+
+@pytest.mark.parametrize("name", ["my exports", "上海 导出", "50%"])
+def test_a_local_output_root_keeps_its_name(name: str, tmp_path: Path) -> None:
+    """Spaces, non-ASCII letters and percent signs are the folder's own name, never URL escapes."""
+    from esl_operators.config import resolve_output_root
+
+    root = resolve_output_root(str(tmp_path / name))
+    (root / "2024-05-10").mkdir(parents=True, exist_ok=True)
+    (root / "2024-05-10" / "x.txt").write_text("x", encoding="utf-8")
+    assert (tmp_path / name / "2024-05-10" / "x.txt").read_text(encoding="utf-8") == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
