@@ -9,6 +9,9 @@ Layout of one run::
     {output_root}/{ds}/esl_id_part_{n}.csv      published partitions, n = batch index + 1
     {output_root}/{ds}/_manifest.json            what the run did (rows, errors, params, durations)
     {output_root}/{ds}/report.html               the fleet report (charts) of the run
+    {output_root}/{ds}/_snapshot.parquet         one typed row per published label (history input)
+    {output_root}/{ds}/_changes.csv              changes since the previous published date
+    {output_root}/{ds}/_battery_forecast.csv     labels whose battery reaches the alert level soon
     {output_root}/{ds}/_SUCCESS                  written last, once everything above is in place
     {output_root}/{ds}/_parts/batch-{i}.arrow    fetch task i's rows (intermediate, Arrow IPC stream)
     {output_root}/{ds}/_parts/batch-{i}.json     fetch task i's manifest (also returned via XCom)
@@ -37,6 +40,9 @@ PART_SUFFIX = ".arrow"
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
 REPORT_NAME = "report.html"
+SNAPSHOT_NAME = "_snapshot.parquet"
+CHANGES_NAME = "_changes.csv"
+FORECAST_NAME = "_battery_forecast.csv"
 PARTITION_GLOB = "esl_id_part_*.csv"
 # ASCII digits only (``\d`` also accepts other scripts' digits); partition numbers 1..999999, no
 # leading zero, so a number has exactly one name.
@@ -136,6 +142,26 @@ def remove_temporaries(path: PathLike) -> None:
     """Delete temporary files a killed earlier attempt left for ``path`` (and only for it)."""
     for item in path.parent.glob(f".{path.name}.*.tmp"):
         item.unlink(missing_ok=True)
+
+
+def published_dates(output_root: PathLike, ds: str, days: int) -> list[str]:
+    """The published dates in the ``days`` days before ``ds`` (``ds`` itself excluded), oldest first.
+
+    Published: the folder has ``_SUCCESS`` and ``_snapshot.parquet``. History comes only from what was
+    published, never from the wall clock, so gaps and backfills compare with the right date.
+    """
+    end = date.fromisoformat(run_dir(output_root, ds).name)
+    if not output_root.exists():
+        return []
+    found = []
+    for item in output_root.iterdir():
+        name = item.name
+        if not is_run_date(name):
+            continue
+        age = (end - date.fromisoformat(name)).days
+        if 0 < age <= days and (item / SUCCESS_NAME).exists() and (item / SNAPSHOT_NAME).exists():
+            found.append(name)
+    return sorted(found)
 
 
 def as_local_root(root: str) -> Path:

@@ -81,3 +81,24 @@ def test_writer_and_view_agree_on_what_is_published(tmp_path: Path) -> None:
         "esl_id_part_1.csv",
         "report.html",
     ]
+
+
+def test_published_dates_are_dates_with_success_and_snapshot_in_the_window(tmp_path: Path) -> None:
+    from esl_operators.storage import SNAPSHOT_NAME, SUCCESS_NAME, published_dates
+
+    def folder(ds: str, *names: str) -> None:
+        (tmp_path / ds).mkdir()
+        for name in names:
+            (tmp_path / ds / name).write_text("")
+
+    folder("2026-11-01", SUCCESS_NAME, SNAPSHOT_NAME)  # 30 days before: inside a 30-day window
+    folder("2026-10-31", SUCCESS_NAME, SNAPSHOT_NAME)  # 31 days before: outside
+    folder("2026-11-20", SNAPSHOT_NAME)  # not published (no _SUCCESS)
+    folder("2026-11-25", SUCCESS_NAME)  # published before snapshots existed
+    folder("2026-11-28", SUCCESS_NAME, SNAPSHOT_NAME)
+    folder("2026-12-01", SUCCESS_NAME, SNAPSHOT_NAME)  # ds itself is not "before"
+    folder("2026-12-02", SUCCESS_NAME, SNAPSHOT_NAME)  # later dates never count
+    (tmp_path / "notes").mkdir()
+    assert published_dates(tmp_path, "2026-12-01", 30) == ["2026-11-01", "2026-11-28"]
+    assert published_dates(tmp_path, "2026-12-01", 2) == []
+    assert published_dates(tmp_path / "missing", "2026-12-01", 30) == []
