@@ -9,6 +9,7 @@ in chunks, :func:`esl_operators.web.files.chunks`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -67,9 +68,10 @@ def object_response(target: ObjectStoragePath, media_type: str, headers: dict[st
     """``target`` streamed in chunks, with the headers ``FileResponse`` gives a local file."""
     handle, info = open_object(target)
     headers = {**headers, "Content-Length": str(info["size"])}
-    modified = info.get("LastModified")
-    if modified is not None:
-        headers["Last-Modified"] = format_datetime(modified, usegmt=True)
+    modified = info.get("LastModified")  # S3's name; other stores say less, and then so do we
+    if isinstance(modified, datetime):
+        modified = modified if modified.tzinfo else modified.replace(tzinfo=UTC)
+        headers["Last-Modified"] = format_datetime(modified.astimezone(UTC), usegmt=True)
     if info.get("ETag"):
         headers["ETag"] = str(info["ETag"])
     return StreamingResponse(chunks(handle, shown(target)), media_type=media_type, headers=headers)
