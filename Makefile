@@ -33,7 +33,7 @@ test: install lint
 # Browser tests: a real api-server driven by headless Debian Chromium through Playwright (never
 # `playwright install`). If the Chromium package cannot be installed the tests skip, saying why.
 # Plus the `services` tests: api-server, scheduler and dag-processor on SQLite running the trigger-form
-# run, REST validation and a backfill (they need no browser).
+# run, REST validation, a backfill and a run the scheduler schedules itself (they need no browser).
 test-ui: install
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; } \
 		|| echo "WARNING: could not install Debian chromium; browser tests will be skipped"

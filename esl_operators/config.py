@@ -96,9 +96,22 @@ def resolve_output_root(param_value: str | None) -> Any:
 
     A root without a scheme is a local folder, made absolute against the task's working directory.
     """
-    from airflow.sdk import ObjectStoragePath, Variable
+    from airflow.sdk import Variable
 
     root = param_value or Variable.get(OUTPUT_ROOT_VARIABLE, default=None) or DEFAULT_OUTPUT_ROOT
+    return output_root_path(root)
+
+
+def output_root_path(root: str) -> Any:
+    """The ``ObjectStoragePath`` an ``output_root`` text names: the one rule for the writer and the view.
+
+    Without a scheme, a local folder made absolute against the working directory. A ``file://`` URL is
+    taken as ``ObjectStoragePath`` takes it: percent-escapes stay literal (``file:///x/my%20exports`` is
+    a folder named ``my%20exports``), so the view (:mod:`esl_operators.web.files`) lists exactly the
+    folder the tasks wrote.
+    """
+    from airflow.sdk import ObjectStoragePath
+
     if "://" not in root:
         # Not Path.as_uri(): ObjectStoragePath keeps percent-escapes literally, so "/x/my exports" would
         # become a folder named "my%20exports".

@@ -21,6 +21,39 @@ from tests.support import ANCHOR_MS, DS, load_dag
 
 SECRET = "top secret, outside the output root"
 
+# Requests the tests below make; tests/test_view_s3.py makes every one of them against an s3:// root too.
+TRAVERSALS = [
+    "/..%2f..%2foutside%2fsecret.txt",
+    f"/{DS}/..%2f..%2foutside%2fsecret.txt",
+    f"/{DS}/%2e%2e%2f%2e%2e%2foutside%2fsecret.txt",
+    "/%2e%2e/outside/secret.txt",
+    f"/{DS}/%2e%2e",
+    f"/{DS}/%2F..%2Foutside%2Fsecret.txt",
+    f"/{DS}/%2Fetc%2Fpasswd",
+    f"/{DS}//etc/passwd",
+    f"/{DS}/_parts%2fbatch-0.arrow",
+    f"/{DS}/_parts/batch-0.arrow",
+    f"/{DS}/esl_id_part_9.csv",  # symlink to a file outside the root
+    "/2024-05-12/report.html",  # date folder symlinked outside the root
+    f"/{DS}/esl_id_part_1.csv%00.html",
+    f"/{DS}/esl_id_part_0.csv",
+    f"/{DS}/ESL_ID_PART_1.CSV",
+    f"/{DS}/_SUCCESS",
+    "/2024-5-10/report.html",
+    "/２０２４-05-10/report.html",  # non-ASCII digits
+    "/notes/report.html",
+]
+RAW_PATHS = [
+    ("..", "secret.txt"),
+    (DS, "../../outside/secret.txt"),
+    (DS, "/etc/passwd"),
+    ("/tmp", "report.html"),
+    (DS, "report.html/.."),
+    (DS, "esl_id_part_9.csv"),
+    ("2024-05-12", "report.html"),
+]
+PROTECTED = ["/", f"/{DS}/esl_id_part_1.csv", f"/{DS}/report.html", f"/{DS}/_manifest.json"]
+
 
 @pytest.fixture(scope="module")
 def auth_manager(airflow_db: str) -> Any:
@@ -74,9 +107,7 @@ def viewer(auth_manager: Any) -> dict[str, str]:
 # --- authentication -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path", ["/", f"/{DS}/esl_id_part_1.csv", f"/{DS}/report.html", f"/{DS}/_manifest.json"]
-)
+@pytest.mark.parametrize("path", PROTECTED)
 def test_anonymous_requests_are_refused(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 401
@@ -174,30 +205,7 @@ def test_downloads_serve_the_published_bytes(client: TestClient, viewer: dict[st
 # --- traversal ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/..%2f..%2foutside%2fsecret.txt",
-        f"/{DS}/..%2f..%2foutside%2fsecret.txt",
-        f"/{DS}/%2e%2e%2f%2e%2e%2foutside%2fsecret.txt",
-        "/%2e%2e/outside/secret.txt",
-        f"/{DS}/%2e%2e",
-        f"/{DS}/%2F..%2Foutside%2Fsecret.txt",
-        f"/{DS}/%2Fetc%2Fpasswd",
-        f"/{DS}//etc/passwd",
-        f"/{DS}/_parts%2fbatch-0.arrow",
-        f"/{DS}/_parts/batch-0.arrow",
-        f"/{DS}/esl_id_part_9.csv",  # symlink to a file outside the root
-        "/2024-05-12/report.html",  # date folder symlinked outside the root
-        f"/{DS}/esl_id_part_1.csv%00.html",
-        f"/{DS}/esl_id_part_0.csv",
-        f"/{DS}/ESL_ID_PART_1.CSV",
-        f"/{DS}/_SUCCESS",
-        "/2024-5-10/report.html",
-        "/２０２４-05-10/report.html",  # non-ASCII digits
-        "/notes/report.html",
-    ],
-)
+@pytest.mark.parametrize("path", TRAVERSALS)
 def test_traversal_and_unpublished_names_are_not_found(
     client: TestClient, viewer: dict[str, str], path: str
 ) -> None:
@@ -206,18 +214,7 @@ def test_traversal_and_unpublished_names_are_not_found(
     assert SECRET not in response.text
 
 
-@pytest.mark.parametrize(
-    ("ds", "name"),
-    [
-        ("..", "secret.txt"),
-        (DS, "../../outside/secret.txt"),
-        (DS, "/etc/passwd"),
-        ("/tmp", "report.html"),
-        (DS, "report.html/.."),
-        (DS, "esl_id_part_9.csv"),
-        ("2024-05-12", "report.html"),
-    ],
-)
+@pytest.mark.parametrize(("ds", "name"), RAW_PATHS)
 def test_published_file_refuses_raw_paths(tree: Path, ds: str, name: str) -> None:
     """The same rules without HTTP in between (no URL normalisation to hide behind)."""
     with pytest.raises(HTTPException) as refused:
@@ -241,9 +238,41 @@ def test_output_root_comes_from_the_variable(
     assert configured_output_root() == tree.resolve()
     with TestClient(create_app()) as default_client:
         assert f"<b>{DS}</b>" in default_client.get("/", headers=viewer).text
+    # An object-storage URL is browsed as such (tests/test_view_s3.py), never taken for a local path.
     monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", "s3://bucket/esl")
+    root = configured_output_root()
+    assert not isinstance(root, Path)
+    assert (root.protocol, root.path) == ("s3", "bucket/esl")
+
+
+@pytest.mark.parametrize(
+    ("text", "folder"),
+    [
+        ("my exports", "my exports"),
+        ("上海 导出", "上海 导出"),
+        ("50%", "50%"),
+        # ObjectStoragePath keeps escapes literally: the tasks write a folder named "my%20exports"
+        ("file://{base}/my%20exports", "my%20exports"),
+        ("file://{base}/plain", "plain"),
+    ],
+)
+def test_the_view_lists_the_folder_the_tasks_write(
+    text: str, folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, viewer: dict[str, str]
+) -> None:
+    """Writer and view resolve ``output_root`` by one rule (config.output_root_path), file:// included."""
+    from esl_operators.config import resolve_output_root
+    from esl_operators.web import configured_output_root
+
+    monkeypatch.chdir(tmp_path)
+    text = text.format(base=tmp_path)
+    written = resolve_output_root(text) / DS
+    written.mkdir(parents=True)
+    (written / "report.html").write_text("<p>report</p>", encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder]
+    monkeypatch.setenv("AIRFLOW_VAR_ESL_OUTPUT_ROOT", text)
+    assert configured_output_root() == tmp_path / folder
     with TestClient(create_app()) as default_client:
-        assert default_client.get("/", headers=viewer).status_code == 501
+        assert default_client.get(f"/{DS}/report.html", headers=viewer).text == "<p>report</p>"
 
 
 def test_plugin_registers_the_app_and_the_browse_entry() -> None:

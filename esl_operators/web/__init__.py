@@ -5,7 +5,8 @@ matplotlib (``tests/test_plugin.py`` checks it in a fresh interpreter). Modules:
 
 * :mod:`.app`: the app, its routes and response headers;
 * :mod:`.access`: :func:`require_reader`, the login and DAG-permission check;
-* :mod:`.files`: which files may be served, resolved safely inside the output root;
+* :mod:`.files`: which files may be served, resolved safely inside the output root (a local folder or
+  object storage, e.g. ``s3://``), and how object-storage files are streamed;
 * :mod:`.runs`: what the listing says about each run date.
 """
 
