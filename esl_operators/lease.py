@@ -40,12 +40,11 @@ import socket
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from esl_operators.exceptions import LeaseError, StorageError
-from esl_operators.storage import LEASE_NAME, PathLike, storage_errors, write_text_atomic
+from esl_operators.storage import LEASE_NAME, PathLike, local_path, storage_errors, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +72,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _local(path: PathLike) -> Path | None:
-    if isinstance(path, Path):
-        return path
-    remote: Any = path
-    if remote.protocol in ("file", "local"):
-        return Path(remote.path)
-    return None
-
-
 def _read(path: PathLike) -> dict[str, Any] | None:
     """The lease at ``path``, None if there is none; an unreadable one counts as expired."""
     remote: Any = path
-    if _local(path) is None:
+    if local_path(path) is None:
         remote.fs.invalidate_cache(remote.path)  # another process may have written it since we listed
     try:
         text = path.read_text(encoding="utf-8")
@@ -134,7 +124,7 @@ def _refusal(folder: PathLike, record: dict[str, Any]) -> LeaseError:
 
 def _create_exclusive(path: PathLike, data: str) -> bool:
     """Create ``path`` holding ``data`` unless it exists; True if this call created it."""
-    local = _local(path)
+    local = local_path(path)
     if local is not None:
         tmp = local.parent / f".{local.name}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.write_text(data, encoding="utf-8")

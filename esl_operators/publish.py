@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypedDict
 
@@ -47,6 +46,7 @@ from esl_operators.storage import (
     REPORT_NAME,
     SUCCESS_NAME,
     PathLike,
+    local_path,
     read_json,
     remove_stale_outputs,
     stale_outputs,
@@ -184,8 +184,9 @@ def remove_folder(folder: PathLike, *, last: str | None = None) -> None:
         items: list[Any] = sorted(folder.iterdir(), key=lambda item: item.name == last)
         for item in items:
             item.unlink()
-        if isinstance(folder, Path):
-            folder.rmdir()
+        local = local_path(folder)
+        if local is not None:
+            local.rmdir()
 
 
 def remove_stale_stagings(folder: PathLike) -> list[str]:

@@ -64,6 +64,19 @@ _PART = re.compile(r"batch-([0-9]+)\.(arrow|json)")
 PathLike: TypeAlias = "Path | ObjectStoragePath"
 
 
+def local_path(path: PathLike) -> Path | None:
+    """``path`` as a local ``pathlib.Path`` if it is on the local file system (also a ``file://``
+    ``ObjectStoragePath``); None for object storage."""
+    if isinstance(path, Path):
+        return path
+    from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
+
+    remote: Any = path
+    if remote.protocol in ("file", "local") or isinstance(remote.fs, LocalFileSystem):
+        return Path(remote.path)
+    return None
+
+
 def is_run_date(text: str) -> bool:
     """``YYYY-MM-DD`` in ASCII digits, and a real calendar date (no 2024-02-30)."""
     if not RUN_DATE.fullmatch(text):

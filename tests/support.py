@@ -215,6 +215,44 @@ def simulator_cli(args: Sequence[str], lines: int) -> Iterator[tuple[subprocess.
                 proc.communicate(timeout=10)
 
 
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[str]:
+    """A local S3 server (moto's, PyPI ``moto[server]``) on a free loopback port; yields its URL and is
+    stopped by its PID when the block ends. Its output goes to ``log``."""
+    import sys
+    import time
+
+    port = free_port()
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto server exited: {log.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"moto server not up on {url} within 60 s") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 # --- this checkout, as a user installs it ------------------------------------------------------------
 
 
