@@ -3,9 +3,9 @@ error (``EIO``) in the middle of one file, or when one file is renamed into plac
 
 ``faulty://`` is the local file system and ``faults3://`` is S3 (s3fs, pointed at a moto server by the
 usual ``AWS_*`` environment), both with the faults of :data:`FAULTS` injected: a write of a file whose
-path matches a fault's pattern stores the first ``after`` bytes, then raises; a rename onto a matching
-path raises before anything moves. Everything else is the real file system. Both are registered with
-fsspec (which ``ObjectStoragePath`` uses for listings and renames) and attached to Airflow's
+path matches a fault's pattern stores the first ``after`` bytes, then raises; creating such a file or
+renaming onto it raises before anything is written or moved. Everything else is the real file system.
+Both are registered with fsspec (which ``ObjectStoragePath`` uses for listings and renames) and attached to Airflow's
 ``ObjectStoragePath`` (which opens files through its own store registry), so a root such as
 ``ObjectStoragePath("faulty:///tmp/out")`` goes through the same code as a DAG run's.
 """
@@ -29,7 +29,7 @@ class Fault:
     pattern: str  # regular expression searched in the file's path (temporaries: ".{name}.*.tmp")
     after: int = 0  # bytes written before the write fails
     code: int = errno.ENOSPC
-    on: str = "write"  # "write", or "rename": a rename onto a matching path fails
+    on: str = "write"  # "write"; "create": opening it for writing fails; "rename": a rename onto it fails
     fired: int = 0
 
     def matches(self, path: str, on: str) -> bool:
@@ -86,8 +86,12 @@ class _Faulty:
     """Mixin: the faults of :data:`FAULTS` on top of a real fsspec file system."""
 
     def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        writing = any(flag in mode for flag in "wxa")
+        for fault in FAULTS:
+            if writing and fault.matches(str(path), "create"):
+                raise fault.error()
         handle = super().open(path, mode, **kwargs)  # type: ignore[misc]
-        if any(flag in mode for flag in "wxa"):
+        if writing:
             for fault in FAULTS:
                 if fault.matches(str(path), "write"):
                     return FailingFile(handle, fault)

@@ -141,6 +141,30 @@ def csv_rows(path: Path) -> list[list[str]]:
         return list(csv.reader(handle))
 
 
+def published_files(folder: Any) -> dict[str, bytes]:
+    """Every file of a date folder but the fetch tasks' parts, with its bytes (hidden files, staging
+    folders included): what a reader of the date could see. Local or ``ObjectStoragePath`` folders."""
+    found = {}
+    for item in folder.rglob("*"):
+        if isinstance(item, Path):
+            relative = str(item.relative_to(folder))
+        else:
+            relative = item.path[len(folder.path) + 1 :]
+        if relative.startswith("_parts") or not item.is_file():
+            continue
+        found[relative] = item.read_bytes()
+    return found
+
+
+def leftovers(folder: Any) -> list[str]:
+    """Temporary files, staging folders and leases anywhere under a date folder."""
+    return sorted(
+        i.name
+        for i in folder.rglob("*")
+        if i.name.endswith(".tmp") or i.name.startswith(".staging-") or i.name == "_lease.json"
+    )
+
+
 # --- the DAG -------------------------------------------------------------------------------------
 
 

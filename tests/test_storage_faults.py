@@ -25,7 +25,7 @@ from esl_operators.exceptions import StorageError
 from esl_operators.simulator import SimulatorThread
 from esl_operators.storage import SNAPSHOT_NAME
 from tests import faultfs
-from tests.support import ANCHOR, DS, fetch_settings, moto_server, sim_target
+from tests.support import ANCHOR, DS, fetch_settings, leftovers, moto_server, published_files, sim_target
 from tests.test_spill import make_rows, write_part
 
 pytestmark = [
@@ -41,26 +41,6 @@ def _faulty_file_systems() -> None:
     faultfs.register()
 
 
-def published(folder: Any) -> dict[str, bytes]:
-    """Every file of a date folder but the fetch tasks' parts, with its bytes (hidden files included)."""
-    found = {}
-    for item in folder.rglob("*"):
-        relative = (
-            str(item.relative_to(folder)) if isinstance(item, Path) else item.path[len(folder.path) + 1 :]
-        )
-        if relative.startswith("_parts") or not item.is_file():
-            continue
-        found[relative] = item.read_bytes()
-    return found
-
-
-def leftovers(folder: Any) -> list[str]:
-    """Temporary files and staging folders anywhere under the date folder."""
-    return sorted(
-        i.name for i in folder.rglob("*") if i.name.endswith(".tmp") or i.name.startswith(".staging-")
-    )
-
-
 def earlier_publication(root: Any) -> tuple[list[Any], dict[str, bytes]]:
     """A complete publication of two partitions and a report; then the rerun's parts (other rows)."""
     first = [
@@ -68,7 +48,7 @@ def earlier_publication(root: Any) -> tuple[list[Any], dict[str, bytes]]:
         write_part(root, make_rows(300, seed=2), batch=1),
     ]
     aggregate_run(first, output_root=root, ds=DS)
-    before = published(root / DS)
+    before = published_files(root / DS)
     # (at least: the history files of issue 14 join them)
     assert {"_SUCCESS", "_manifest.json", "esl_id_part_1.csv", "esl_id_part_2.csv", "report.html"} <= set(
         before
@@ -112,7 +92,7 @@ def check_aggregate_fault(root: Any, name: str, code: int, after: int, prefix: s
     assert caught.value.errno == code
     assert fault.fired == 1
     assert leftovers(folder) == []
-    assert published(folder) == before  # the earlier publication, byte for byte, _SUCCESS included
+    assert published_files(folder) == before  # the earlier publication, byte for byte, _SUCCESS included
 
 
 @pytest.mark.parametrize(("name", "code", "after"), AGGREGATE_FAULTS)
@@ -140,7 +120,7 @@ def test_a_storage_fault_while_fetching_a_part_names_it_and_removes_its_temporar
     assert str(caught.value) == f"cannot write faulty://{tmp_path}/out/{DS}/_parts/{name}: {CAUSES[code]}"
     assert fault.fired >= 1
     assert leftovers(folder) == []
-    assert published(folder) == before
+    assert published_files(folder) == before
 
 
 # --- the same on S3 (moto) ---------------------------------------------------------------------------
@@ -196,5 +176,5 @@ def test_a_storage_fault_on_s3_while_fetching_a_part(faulty_bucket: str, simulat
 
     assert str(caught.value) == f"cannot write {prefix}/{DS}/_parts/batch-0.arrow: {CAUSES[errno.ENOSPC]}"
     assert leftovers(root / DS) == []
-    assert published(root / DS) == before
+    assert published_files(root / DS) == before
     assert json.loads(before["_manifest.json"])["rows"] > 0
