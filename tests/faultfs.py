@@ -5,8 +5,9 @@ error (``EIO``) in the middle of one file, or when one file is renamed into plac
 usual ``AWS_*`` environment), both with the faults of :data:`FAULTS` injected: a write of a file whose
 path matches a fault's pattern stores the first ``after`` bytes, then raises; creating such a file or
 renaming onto it raises before anything is written or moved. Everything else is the real file system.
-Both are registered with fsspec (which ``ObjectStoragePath`` uses for listings and renames) and attached to Airflow's
-``ObjectStoragePath`` (which opens files through its own store registry), so a root such as
+Both are registered with fsspec (which ``ObjectStoragePath`` uses for listings and renames) and
+attached to Airflow's ``ObjectStoragePath`` (which opens files through its own store registry), so a
+root such as
 ``ObjectStoragePath("faulty:///tmp/out")`` goes through the same code as a DAG run's.
 """
 
