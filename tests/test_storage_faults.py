@@ -147,6 +147,7 @@ def faulty_bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         }.items():
             patch.setenv(name, value)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="faults")
+        faultfs.register()
         faultfs.attach_s3()
         yield "faults"
 
