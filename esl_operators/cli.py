@@ -28,6 +28,7 @@ from esl_operators.config import split_batches
 from esl_operators.engine import FetchSettings, make_settings
 from esl_operators.exceptions import ConfigError, EslError
 from esl_operators.lease import Lease, command_holder
+from esl_operators.publish import remove_stale_stagings
 from esl_operators.records import heartbeat_cutoff_ms
 from esl_operators.redaction import split_credentials
 from esl_operators.settings import add_cli_options, for_task
@@ -99,6 +100,8 @@ def fetch(args: argparse.Namespace) -> int:
     # One writer per date (esl_operators.lease): taken before the first request, since this command's
     # fetch writes the same _parts/ files as the DAG's; a date another writer holds fails here.
     with Lease(run_dir(root, ds), command_holder()):
+        # A commit an earlier attempt left half done is finished now, even if this run's fetch fails.
+        remove_stale_stagings(run_dir(root, ds))
         return _fetch_and_publish(args, root, ds, anchor, targets, batches, settings, threads, on_error)
 
 

@@ -261,3 +261,23 @@ def test_a_rerun_failing_in_fetch_keeps_the_earlier_publication(
     assert "not published: fix the servers or use --on-server-error skip" in done.stderr
     assert published_files(out / DS) == before
     assert leftovers(out / DS) == []
+
+
+def test_the_command_finishes_an_interrupted_commit_even_when_its_own_fetch_fails(
+    template: dict[str, Any], refused_port: int, tmp_path: Path
+) -> None:
+    root = copy_of(template, tmp_path)
+    folder = root / DS
+    kill_during_aggregate(
+        root, template["rerun"], "esl_operators.publish", "esl_id_part_1.csv moved into place"
+    )
+    check_state(folder, template, "incomplete")
+
+    down = f"http://127.0.0.1:{refused_port}"
+    cli = [sys.executable, "-m", "esl_operators", "fetch", "--server", down, "--date", DS, "--out", str(root)]
+    done = subprocess.run([*cli, "--retry-attempts", "1"], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "finishing the publication an interrupted attempt began" in done.stderr
+    assert published_files(folder) == template["new"]
+    assert leftovers(folder) == []
