@@ -15,10 +15,10 @@ first (:func:`check_held`): a writer whose lease was taken over never publishes.
 **Expiry.** A lease expires :data:`LEASE_TTL_S` (2 minutes) after it was last renewed; the holder renews
 it every :data:`RENEW_EVERY_S` (30 s) from a background thread while it works, so only a writer that
 died (SIGKILL, a lost machine) lets it expire. An expired lease is taken over by the next writer (a
-warning names the old holder); so is, at once, a lease whose holder was a process on the same host that
-no longer exists (a killed ``esl-export fetch`` rerun on the same machine does not wait). Expiry
-compares the holder's clock (``expires_at``) with the reader's: hosts must keep their clocks within a
-minute of each other (NTP).
+warning names the old holder); so is, at once, a lease whose holder was a process on the same host (and
+pid namespace) that no longer exists: a killed ``esl-export fetch`` rerun on the same machine does not
+wait. Expiry compares the holder's clock (``expires_at``) with the reader's: hosts must keep their
+clocks within a minute of each other (NTP).
 
 **How exclusive.** Locally (``pathlib`` and ``file://`` roots) the lease is written to a temporary file
 and hard-linked to its name (``link(2)`` fails if the name exists, like ``O_CREAT|O_EXCL``, and the lease
@@ -97,7 +97,8 @@ def _expired(record: dict[str, Any]) -> bool:
     a rerun on the same machine need not wait for the expiry)."""
     if datetime.fromisoformat(record["expires_at"]) <= _now():
         return True
-    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+    same_processes = record.get("host") == socket.gethostname() and record.get("pids") == _pid_namespace()
+    if not same_processes or not isinstance(record.get("pid"), int):
         return False
     try:
         os.kill(record["pid"], 0)  # signal 0: only asks whether the process exists
@@ -106,6 +107,15 @@ def _expired(record: dict[str, Any]) -> bool:
     except PermissionError:  # it exists, under another user
         return False
     return False
+
+
+def _pid_namespace() -> str:
+    """Which process ids ``pid`` refers to: containers sharing a host name (host networking) may
+    still see different processes (Linux: the pid namespace; elsewhere the host name alone)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -179,6 +189,7 @@ class Lease:
             "holder": self.holder,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pids": _pid_namespace(),
             "taken_at": self.taken_at or now.isoformat(timespec="seconds"),
             "expires_at": (now + timedelta(seconds=self.ttl_s)).isoformat(timespec="milliseconds"),
         }

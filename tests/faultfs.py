@@ -127,7 +127,10 @@ def register() -> None:
 
 
 def attach_s3() -> None:
-    """Attach ``faults3://`` to Airflow (after the ``AWS_*`` environment points at the test server)."""
+    """Attach ``faults3://`` to Airflow once the ``AWS_*`` environment points at a test server; again
+    for each server: file systems made for an earlier one (fsspec's and Airflow's caches) are dropped."""
     from airflow.sdk.io import attach
 
-    attach("faults3", fs=fsspec.filesystem("faults3"))
+    fsspec.get_filesystem_class("faults3").clear_instance_cache()
+    fs = fsspec.filesystem("faults3")
+    attach("faults3", fs=fs).fs = fs  # attach() hands back a store made earlier: point it here
