@@ -58,5 +58,9 @@ with DAG(
         task_id="aggregate",
         manifests=fetch.output,
         **templated("aggregate"),
+        # Retried later when another writer holds the date's lease (esl_operators.lease: a dead
+        # writer's lease expires within 2 minutes) or a commit was interrupted (the retry finishes it).
+        retries=2,
+        retry_delay=timedelta(minutes=2),
         outlets=[esl_export_csv],
     )

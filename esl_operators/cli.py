@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import NoReturn
 
 import aiohttp
@@ -24,12 +25,14 @@ from esl_operators.aggregate import aggregate_run
 from esl_operators.batch import error_summary, run_batches
 from esl_operators.client import ServerTarget
 from esl_operators.config import split_batches
-from esl_operators.engine import make_settings
+from esl_operators.engine import FetchSettings, make_settings
 from esl_operators.exceptions import ConfigError, EslError
+from esl_operators.lease import Lease, command_holder
+from esl_operators.publish import remove_stale_stagings
 from esl_operators.records import heartbeat_cutoff_ms
 from esl_operators.redaction import split_credentials
 from esl_operators.settings import add_cli_options, for_task
-from esl_operators.storage import as_local_root
+from esl_operators.storage import as_local_root, run_dir
 
 log = logging.getLogger("esl_operators")
 # A bastion host is not an Airflow cluster: however many batches, at most this many servers at once.
@@ -94,6 +97,25 @@ def fetch(args: argparse.Namespace) -> int:
     batches = [[targets[n] for n in names] for names in split_batches(list(targets), args.servers_per_batch)]
     # Like Airflow's mapped tasks, each batch gets up to --max-threads threads, side by side.
     threads = min(sum(min(max_threads, len(batch)) for batch in batches), MAX_TOTAL_THREADS)
+    # One writer per date (esl_operators.lease): taken before the first request, since this command's
+    # fetch writes the same _parts/ files as the DAG's; a date another writer holds fails here.
+    with Lease(run_dir(root, ds), command_holder()):
+        # A commit an earlier attempt left half done is finished now, even if this run's fetch fails.
+        remove_stale_stagings(run_dir(root, ds))
+        return _fetch_and_publish(args, root, ds, anchor, targets, batches, settings, threads, on_error)
+
+
+def _fetch_and_publish(
+    args: argparse.Namespace,
+    root: Path,
+    ds: str,
+    anchor: datetime,
+    targets: dict[str, ServerTarget],
+    batches: list[list[ServerTarget]],
+    settings: FetchSettings,
+    threads: int,
+    on_error: str,
+) -> int:
     manifests = run_batches(batches, settings, output_root=root, ds=ds, anchor=anchor, max_threads=threads)
     for manifest in manifests:
         log.info("batch %d: %d rows, %d errors", manifest["batch"], manifest["rows"], len(manifest["errors"]))

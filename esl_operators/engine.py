@@ -20,7 +20,14 @@ from typing import Any, Protocol
 import aiohttp
 
 from esl_operators.client import EslClient, ServerTarget, TransportSettings
-from esl_operators.exceptions import AuthError, ConfigError, EslApiError, NotFoundError, RecordError
+from esl_operators.exceptions import (
+    AuthError,
+    ConfigError,
+    EslApiError,
+    NotFoundError,
+    RecordError,
+    StorageError,
+)
 from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.manifest import ErrorEntry, ServerManifest, server_manifest
 from esl_operators.pagination import PageWalk, iter_pages
@@ -154,8 +161,9 @@ _REMOVED = object()  # marks a detail that answered 404: the label left between 
 
 
 def _primary(group: BaseExceptionGroup) -> BaseException:
-    """The error a failed task group stands for: credentials first, then the first API error."""
-    for kind in (AuthError, EslApiError):
+    """The error a failed task group stands for: a broken part file (it fails the whole batch), then
+    credentials, then the first API error."""
+    for kind in (StorageError, AuthError, EslApiError):
         matched = group.subgroup(kind)
         if matched is not None:
             return _leaves(matched)[0]

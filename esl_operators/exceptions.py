@@ -6,6 +6,9 @@ so an operator reading a task log knows exactly what failed without a stack trac
     EslError                     anything raised on purpose
     ├── ConfigError              a setting, Variable, connection or command-line value is unusable
     ├── RecordError              one ESL detail cannot become a row (the label is counted as invalid)
+    ├── StorageError             a file could not be written, moved or removed (full disk, I/O error, a
+    │                            failing object store); names the file and the cause; also an OSError
+    ├── LeaseError               another writer holds the date's lease (``_lease.json``); names it
     └── EslApiError              a request failed for good: bad status, bad body, body too large
         ├── RetryableError       worth another try: transport errors, timeouts, 5xx, 429, broken JSON
         │   └── EnvelopeError    HTTP 200 with a non-zero ``status_no``/``error_code`` (a busy server)
@@ -25,6 +28,35 @@ class EslError(Exception):
 
 class ConfigError(EslError):
     """A parameter, Variable, connection or option is unusable."""
+
+
+class StorageError(EslError, OSError):
+    """A file of the output could not be written, moved or removed: names the file and the cause.
+
+    Also an :class:`OSError` with the cause's ``errno`` (``ENOSPC``, ``EIO``, ...), so code that handles
+    storage failures by errno keeps working; the original error is its ``__cause__``.
+    """
+
+    def __init__(self, action: str, path: object, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.action = action
+        self.path = path
+        self.cause = cause
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return f"cannot {self.action} {self.path}: {self.cause}"
+
+    def __reduce__(self) -> tuple[object, ...]:  # pickled by Airflow and by worker threads' futures
+        return (type(self), (self.action, self.path, self.cause))
+
+
+class LeaseError(EslError):
+    """Another writer holds the lease of the date's folder: this run must not write there now.
+
+    The message names the holder (run, host, process) and when its lease expires; a retry later finds the
+    date free (the holder released it, or it expired because the holder died).
+    """
 
 
 class RecordError(EslError):

@@ -55,7 +55,9 @@ class EslFetchOperator(BaseOperator):
         from esl_operators.batch import error_summary, run_batch
         from esl_operators.engine import make_settings
         from esl_operators.hooks import resolve_targets
+        from esl_operators.lease import check_free, dag_run_holder
         from esl_operators.records import heartbeat_cutoff_ms
+        from esl_operators.storage import run_dir
 
         anchor, ds = run_anchor(context)
         batch = max(int(context["ti"].map_index), 0)  # -1 when the operator is used unmapped
@@ -70,6 +72,8 @@ class EslFetchOperator(BaseOperator):
         settings = make_settings(cutoff_ms=cutoff, **options)
         targets = resolve_targets(servers)
         self._lineage_servers = [t.base_url for t in targets]
+        # Another writer (esl-export fetch, another deployment) on this date: fail now, retry later.
+        check_free(run_dir(root, ds), dag_run_holder(context))
         self.log.info("batch %d: %d servers, heartbeat cutoff %d", batch, len(targets), cutoff)
         manifest = run_batch(
             targets, settings, output_root=root, ds=ds, batch=batch, anchor=anchor, max_threads=max_threads
@@ -116,6 +120,7 @@ class EslAggregateOperator(BaseOperator):
 
     def execute(self, context: Any) -> RunSummary:
         from esl_operators.aggregate import aggregate_run  # pyarrow: at run time only
+        from esl_operators.lease import Lease, dag_run_holder
 
         _, ds = run_anchor(context)
         params = dict(context.get("params") or {})
@@ -124,14 +129,16 @@ class EslAggregateOperator(BaseOperator):
         # Index by position: iterating a lazy XCom sequence probes one past the end and logs a 404.
         manifests = self.manifests or []
         self._lineage_folder = root / ds
-        summary = aggregate_run(
-            [manifests[i] for i in range(len(manifests))],
-            output_root=root,
-            ds=ds,
-            params=params,
-            anchor_source=anchor_of(context)[1],
-            **options,
-        )
+        # One writer per date (esl_operators.lease): held while the date folder is touched at all.
+        with Lease(root / ds, dag_run_holder(context)):
+            summary = aggregate_run(
+                [manifests[i] for i in range(len(manifests))],
+                output_root=root,
+                ds=ds,
+                params=params,
+                anchor_source=anchor_of(context)[1],
+                **options,
+            )
         announce_published(context, self.outlets, published_event(summary, str(root / ds)))
         return summary
 

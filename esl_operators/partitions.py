@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from esl_operators.csvformat import WORKERS, string_bytes
-from esl_operators.storage import PathLike, temporary_path
+from esl_operators.storage import PathLike, remove_quietly, storage_errors, temporary_path
 
 # Lines moved per slice: bounds the temporary buffers (and Arrow's 2 GiB string offsets).
 WRITE_SLICE_ROWS = 250_000
@@ -39,16 +39,17 @@ def write_lines_atomic(
 def stream_lines_atomic(path: PathLike, header: Sequence[str], pieces: Iterable[pa.Array]) -> None:
     """Write a CSV from pieces of ready-made lines, already in order, as they come (a local file or
     an object-storage upload). It appears under its name only once complete; if writing fails, the
-    temporary file is removed and the error goes on.
+    temporary file is removed and a :class:`~esl_operators.exceptions.StorageError` names the CSV.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(header_line(header))
-            for piece in pieces:
-                handle.write(string_bytes(piece))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.rename(path)
+    with storage_errors("write", path):  # a full disk or a failing store: the error names the CSV
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path(path)
+        try:
+            with tmp.open("wb") as handle:
+                handle.write(header_line(header))
+                for piece in pieces:
+                    handle.write(string_bytes(piece))
+            tmp.rename(path)
+        except BaseException:
+            remove_quietly(tmp)
+            raise

@@ -8,32 +8,54 @@ debugging. Where they live is :func:`esl_operators.storage.part_path`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.ipc
 
+from esl_operators.exceptions import StorageError
 from esl_operators.records import PART_COLUMNS
-from esl_operators.storage import PathLike, remove_temporaries, temporary_path
+from esl_operators.storage import (
+    PathLike,
+    remove_quietly,
+    remove_temporaries,
+    storage_errors,
+    temporary_path,
+)
+
+log = logging.getLogger(__name__)
 
 PART_SCHEMA = pa.schema([(name, pa.string()) for name in PART_COLUMNS])
 
 
 class PartWriter:
-    """Thread-safe streaming writer of part rows; the file appears under its name only on commit."""
+    """Thread-safe streaming writer of part rows; the file appears under its name only on commit.
+
+    A write that fails (full disk, I/O error, a failing store) raises a
+    :class:`~esl_operators.exceptions.StorageError` naming the part; every later write of the batch
+    raises the same error at once, and :meth:`discard` removes the temporary file.
+    """
 
     def __init__(self, path: PathLike) -> None:
         self.path = path
         self.rows = 0
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(path)
-        self._tmp = temporary_path(path)
-        self._handle = self._tmp.open("wb")
-        self._stream = pa.ipc.new_stream(self._handle, PART_SCHEMA)
+        self._failed: StorageError | None = None
+        with storage_errors("write", path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(path)
+            self._tmp = temporary_path(path)
+            self._handle = self._tmp.open("wb")
+        try:
+            with storage_errors("write", path):
+                self._stream = pa.ipc.new_stream(self._handle, PART_SCHEMA)
+        except StorageError:
+            self.discard()
+            raise
 
     def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
         if not rows:
@@ -41,19 +63,32 @@ class PartWriter:
         columns = [pa.array(column, pa.string()) for column in zip(*rows, strict=True)]
         batch = pa.RecordBatch.from_arrays(columns, schema=PART_SCHEMA)
         with self._lock:
-            self._stream.write_batch(batch)
+            self._write(lambda: self._stream.write_batch(batch))
             self.rows += len(rows)
+
+    def _write(self, action: Callable[[], object]) -> None:
+        if self._failed is not None:  # the part is broken: the other servers of the batch stop too
+            raise self._failed
+        try:
+            with storage_errors("write", self.path):
+                action()
+        except StorageError as exc:
+            self._failed = exc
+            raise
 
     def commit(self) -> None:
         with self._lock:
-            self._stream.close()
-            self._handle.close()
-            self._tmp.rename(self.path)
+            self._write(self._stream.close)
+            self._write(self._handle.close)
+            self._write(lambda: self._tmp.rename(self.path))
 
     def discard(self) -> None:
         with self._lock:
-            self._handle.close()
-            self._tmp.unlink(missing_ok=True)
+            try:
+                self._handle.close()
+            except OSError as exc:  # closing a broken upload may fail again; the first error counts
+                log.warning("%s: closing the discarded part failed: %s", self._tmp, exc)
+            remove_quietly(self._tmp)
 
     def __enter__(self) -> Self:
         return self

@@ -13,6 +13,8 @@ Layout of one run::
     {output_root}/{ds}/_changes.csv              changes since the previous published date
     {output_root}/{ds}/_battery_forecast.csv     labels whose battery reaches the alert level soon
     {output_root}/{ds}/_SUCCESS                  written last, once everything above is in place
+    {output_root}/{ds}/_lease.json               while a run writes the date: who (esl_operators.lease)
+    {output_root}/{ds}/.staging-{id}/            the next set, before it is published (publish.py)
     {output_root}/{ds}/_parts/batch-{i}.arrow    fetch task i's rows (intermediate, Arrow IPC stream)
     {output_root}/{ds}/_parts/batch-{i}.json     fetch task i's manifest (also returned via XCom)
 
@@ -23,22 +25,28 @@ from here. This module stays light on purpose: no pyarrow or numpy (the Arrow fi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from esl_operators.exceptions import ConfigError
+from esl_operators.exceptions import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
 
 PARTS_DIR = "_parts"
 PART_SUFFIX = ".arrow"
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
+LEASE_NAME = "_lease.json"
 REPORT_NAME = "report.html"
 SNAPSHOT_NAME = "_snapshot.parquet"
 CHANGES_NAME = "_changes.csv"
@@ -54,6 +62,19 @@ _PART = re.compile(r"batch-([0-9]+)\.(arrow|json)")
 # A local folder (``pathlib.Path``) or an object-storage URL (Airflow's ``ObjectStoragePath``): the same
 # API, so both go through the same code. A string alias, so the api-server never imports the SDK's path.
 PathLike: TypeAlias = "Path | ObjectStoragePath"
+
+
+def local_path(path: PathLike) -> Path | None:
+    """``path`` as a local ``pathlib.Path`` if it is on the local file system (also a ``file://``
+    ``ObjectStoragePath``); None for object storage."""
+    if isinstance(path, Path):
+        return path
+    from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
+
+    remote: Any = path
+    if remote.protocol in ("file", "local") or isinstance(remote.fs, LocalFileSystem):
+        return Path(remote.path)
+    return None
 
 
 def is_run_date(text: str) -> bool:
@@ -93,12 +114,40 @@ def temporary_path(path: PathLike) -> Any:
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
 
 
+@contextlib.contextmanager
+def storage_errors(action: str, path: PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` of the block (full disk, I/O error, a failing store) into a
+    :class:`StorageError` naming ``path``; one that already names its file passes unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(action, path, exc) from exc
+
+
 def write_text_atomic(path: PathLike, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    tmp.rename(path)
+    """Write ``path`` under a temporary name, then rename it into place. If anything fails, the
+    temporary file is removed and a :class:`StorageError` names ``path`` and the cause."""
+    with storage_errors("write", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path(path)
+        try:
+            with tmp.open("w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+            tmp.rename(path)
+        except BaseException:
+            remove_quietly(tmp)
+            raise
+
+
+def remove_quietly(path: PathLike) -> None:
+    """Remove a temporary file after a failure; if even that fails, log it (the first error is what
+    the task reports; ``stale_outputs`` removes what is left on the next run)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the temporary file %s: %s", path, exc)
 
 
 def write_json_atomic(path: PathLike, payload: Any) -> None:

@@ -141,6 +141,30 @@ def csv_rows(path: Path) -> list[list[str]]:
         return list(csv.reader(handle))
 
 
+def published_files(folder: Any) -> dict[str, bytes]:
+    """Every file of a date folder but the fetch tasks' parts, with its bytes (hidden files, staging
+    folders included): what a reader of the date could see. Local or ``ObjectStoragePath`` folders."""
+    found = {}
+    for item in folder.rglob("*"):
+        if isinstance(item, Path):
+            relative = str(item.relative_to(folder))
+        else:
+            relative = item.path[len(folder.path) + 1 :]
+        if relative.startswith("_parts") or not item.is_file():
+            continue
+        found[relative] = item.read_bytes()
+    return found
+
+
+def leftovers(folder: Any) -> list[str]:
+    """Temporary files, staging folders and leases anywhere under a date folder."""
+    return sorted(
+        i.name
+        for i in folder.rglob("*")
+        if i.name.endswith(".tmp") or i.name.startswith(".staging-") or i.name == "_lease.json"
+    )
+
+
 # --- the DAG -------------------------------------------------------------------------------------
 
 
@@ -213,6 +237,44 @@ def simulator_cli(args: Sequence[str], lines: int) -> Iterator[tuple[subprocess.
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate(timeout=10)
+
+
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[str]:
+    """A local S3 server (moto's, PyPI ``moto[server]``) on a free loopback port; yields its URL and is
+    stopped by its PID when the block ends. Its output goes to ``log``."""
+    import sys
+    import time
+
+    port = free_port()
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto server exited: {log.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"moto server not up on {url} within 60 s") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 # --- this checkout, as a user installs it ------------------------------------------------------------

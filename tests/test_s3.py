@@ -10,11 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +19,7 @@ import pytest
 from esl_operators.csvformat import STANDARD_COLUMNS
 from esl_operators.simulator import Fleet, SimulatorThread
 from tests.expected import expected_partition
-from tests.support import ANCHOR, CUTOFF_MS, connect, free_port, load_dag, without_retries
+from tests.support import ANCHOR, CUTOFF_MS, connect, load_dag, moto_server, without_retries
 
 pytest.importorskip("airflow.providers.amazon", reason="the Amazon provider (esl-export[amazon]) is missing")
 pytest.importorskip("s3fs", reason="s3fs (apache-airflow-providers-amazon[s3fs]) is missing")
@@ -36,36 +31,8 @@ KEY = "testing"  # moto accepts any credentials; these are not secrets
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto server exited: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
-                    break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"moto server not up on {url} within 60 s") from None
-                time.sleep(0.2)
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def _client(endpoint: str) -> Any:
