@@ -19,6 +19,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from esl_operators.storage import (
+    CHANGES_NAME,
+    FORECAST_NAME,
     MANIFEST_NAME,
     REPORT_NAME,
     SUCCESS_NAME,
@@ -31,8 +33,9 @@ from esl_operators.storage import (
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
-#: Published files that exist only when a run produced them: removed when the new set lacks them.
-OPTIONAL_NAMES = (REPORT_NAME,)
+#: Published files that exist only when a run produced them: removed when the new set lacks them
+#: (the history files exist only when there is a previous published date, esl_operators.history).
+OPTIONAL_NAMES = (REPORT_NAME, CHANGES_NAME, FORECAST_NAME)
 
 
 class Publication:
