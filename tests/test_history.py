@@ -405,3 +405,41 @@ def _clean_memory_filesystem() -> Iterator[None]:
 
     MemoryFileSystem.store.clear()
     MemoryFileSystem.pseudo_dirs[:] = [""]
+
+
+# --- the standalone command and the DAG, against the simulator ---------------------------------------
+
+
+def published_by_simulator(fleet: Any, servers: Mapping[int, str], ds: str) -> dict[Label, Cells]:
+    """The labels a run for ``ds`` publishes (the 7-day window), from the simulator's dataset."""
+    from tests.expected import expected_partition
+
+    rows = expected_partition(fleet, dict(servers), midnight_ms(ds) - 7 * DAY_MS)
+    return {(r[2], r[0]): {"store": r[1], "battery": r[5], "firmware": r[10]} for r in rows}
+
+
+def test_the_command_publishes_the_history_with_its_options(
+    simulator: Any, small_fleet: Any, tmp_path: Path
+) -> None:
+    from esl_operators import cli
+
+    servers = [arg for url in simulator.urls for arg in ("--server", url)]
+    options = ["--servers-per-batch", "3", "--history-days", "5", "--battery-alert-pct", "50"]
+    published: dict[str, Mapping[Label, Cells]] = {}
+    for ds in ("2024-05-03", "2024-05-06", "2024-05-10"):  # 05-10 compares with 05-06, 4 days before
+        assert cli.main(["fetch", *servers, "--date", ds, "--out", str(tmp_path), *options]) == 0
+        labels = published_by_simulator(small_fleet, dict(enumerate(simulator.urls)), ds)
+        manifest = json.loads((tmp_path / ds / "_manifest.json").read_text(encoding="utf-8"))
+        assert manifest["params"]["history_days"] == 5
+        assert len(snapshot_labels(tmp_path / ds)) == len(labels) == manifest["rows"]
+        if published:
+            previous = max(published)
+            found = expected_changes(published[previous], labels, drop_points=10)
+            assert manifest["history"] == {"previous_date": previous, **counts(found)}
+            assert found["gone"] and not found["new"]  # the heartbeat window moved on
+            assert (tmp_path / ds / "_changes.csv").read_bytes() == changes_file(found)
+            rows = expected_forecast(window({**published, ds: labels}, ds, 5), ds, 50, 60)
+            assert (tmp_path / ds / "_battery_forecast.csv").read_bytes() == forecast_file(rows)
+        else:
+            assert manifest["history"]["previous_date"] is None
+        published[ds] = labels
