@@ -313,7 +313,7 @@ def _publish(
     if report:
         from esl_operators.report import publish_report
 
-        publish_report(publication.path(REPORT_NAME).parent, stats, published)
+        publish_report(publication.path(REPORT_NAME).parent, stats, published, output_root=output_root)
     published["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
     write_json_atomic(publication.path(MANIFEST_NAME), published)
     publication.commit(batches=len(ordered))

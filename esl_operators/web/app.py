@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from esl_operators.storage import MANIFEST_NAME, REPORT_NAME
+from esl_operators.storage import MANIFEST_NAME, REPORT_NAME, SNAPSHOT_NAME
 from esl_operators.templating import render
 from esl_operators.web.access import Refused, refused_page, require_reader
 from esl_operators.web.files import configured_output_root, published_file
@@ -71,8 +71,11 @@ def create_app(output_root: Callable[[], Path] = configured_output_root) -> Fast
             return FileResponse(path, media_type="text/html; charset=utf-8", headers=headers)
         if name == MANIFEST_NAME:
             return FileResponse(path, media_type="application/json", headers=headers)
-        return FileResponse(
-            path, media_type="text/csv; charset=utf-8", filename=f"{ds}_{name}", headers=headers
-        )
+        # Saved as e.g. 2024-05-10_esl_id_part_1.csv, 2024-05-10_changes.csv: the date stays with the file.
+        filename = f"{ds}{name}" if name.startswith("_") else f"{ds}_{name}"
+        if name == SNAPSHOT_NAME:
+            media = "application/vnd.apache.parquet"
+            return FileResponse(path, media_type=media, filename=filename, headers=headers)
+        return FileResponse(path, media_type="text/csv; charset=utf-8", filename=filename, headers=headers)
 
     return app

@@ -1,4 +1,4 @@
-"""What the listing says about each run date: status, label count, report, partitions, manifest."""
+"""What the listing says about each run date: status, label count, changes, report, partitions, files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from esl_operators.storage import (
     is_run_date,
     partition_number,
 )
-from esl_operators.web.files import inside, resolved
+from esl_operators.web.files import HISTORY_FILES, inside, resolved
 
 LISTED_DATES = 120
 
@@ -31,6 +31,10 @@ class Run:
     parts: list[tuple[str, str]]  # (file name, "1,234" or "" when the manifest does not say)
     report: bool
     manifest: bool
+    #: (new, gone) since the previous published date, from the manifest's history block ("–" unknown);
+    #: None when the manifest has none (written before issue 14, or no history kept).
+    changes: tuple[str, str] | None = None
+    history_files: tuple[str, ...] = ()  # the history files present, in HISTORY_FILES order
 
 
 def list_runs(root: Path) -> list[Run]:
@@ -84,7 +88,15 @@ def _run(base: Path, ds: str, folder: Path) -> Run:
         parts=[(name, _count(rows_by_file.get(name))) for name in parts],
         report=inside(base, folder / REPORT_NAME) is not None,
         manifest=manifest_path is not None,
+        changes=_changes(manifest.get("history")),
+        history_files=tuple(name for name in HISTORY_FILES if inside(base, folder / name) is not None),
     )
+
+
+def _changes(history: Any) -> tuple[str, str] | None:
+    if not isinstance(history, dict):
+        return None
+    return (_count(history.get("new")) or "–", _count(history.get("gone")) or "–")
 
 
 def _count(value: Any) -> str:
