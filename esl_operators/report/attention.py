@@ -57,7 +57,6 @@ SHOWN_ELSEWHERE = frozenset(
         "params",
         "durations_s",
         "servers",
-        "history",  # changes since the previous published date: the report's own section
     }
 )
 LIST_LIMIT = 200  # rows shown per list; the manifest keeps them all
