@@ -18,7 +18,14 @@ from pathlib import Path
 from esl_operators import cli
 from esl_operators.simulator import Fleet, SimulatorThread, build_fleet
 from tests.expected import expected_partition
-from tests.expected_history import Cells, Label, changes_file, expected_changes, expected_forecast, forecast_file
+from tests.expected_history import (
+    Cells,
+    Label,
+    changes_file,
+    expected_changes,
+    expected_forecast,
+    forecast_file,
+)
 from tests.support import DAY_MS, free_port
 
 LAST = dt.date(2024, 5, 10)
