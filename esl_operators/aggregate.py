@@ -200,16 +200,11 @@ def aggregate_run(
     style, zone = check_style(header_style, timezone)
     guarded = spreadsheet_safe_for(style, spreadsheet_safe)
     ordered = _check_batches(manifests)
-    history = HistorySettings(
-        **{
-            name: setting(name).parse(value)
-            for name, value in (
-                ("history_days", history_days),
-                ("battery_drop_points", battery_drop_points),
-                ("battery_alert_pct", battery_alert_pct),
-                ("forecast_horizon_days", forecast_horizon_days),
-            )
-        }
+    history = HistorySettings.checked(
+        history_days=history_days,
+        battery_drop_points=battery_drop_points,
+        battery_alert_pct=battery_alert_pct,
+        forecast_horizon_days=forecast_horizon_days,
     )
     folder = run_dir(output_root, ds)
     remove_stale_spills(folder / PARTS_DIR)

@@ -39,6 +39,7 @@ from esl_operators.csvformat import FORMULA_START, csv_lines, string_bytes
 from esl_operators.forecast import FORECAST_COLUMNS, server_forecast
 from esl_operators.manifest import History
 from esl_operators.publish import Publication
+from esl_operators.settings import setting
 from esl_operators.snapshot import Snapshot
 from esl_operators.storage import (
     CHANGES_NAME,
@@ -62,6 +63,11 @@ class HistorySettings:
     battery_drop_points: int
     battery_alert_pct: int
     forecast_horizon_days: int
+
+    @classmethod
+    def checked(cls, **values: Any) -> HistorySettings:
+        """The settings from values of any entry point, each checked by its row of the table."""
+        return cls(**{name: setting(name).parse(value) for name, value in values.items()})
 
 
 class KeyedLines:

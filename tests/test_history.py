@@ -443,3 +443,12 @@ def test_the_command_publishes_the_history_with_its_options(
         else:
             assert manifest["history"]["previous_date"] is None
         published[ds] = labels
+
+
+def test_the_history_settings_are_checked_like_every_setting(tmp_path: Path) -> None:
+    from esl_operators.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^history_days must be between 1 and 366, got 0$"):
+        aggregate_run([], output_root=tmp_path, ds=day(0), history_days=0)
+    with pytest.raises(ConfigError, match=r"^battery_alert_pct must be between 0 and 100, got 101$"):
+        aggregate_run([], output_root=tmp_path, ds=day(0), battery_alert_pct=101)
