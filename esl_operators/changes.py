@@ -16,6 +16,8 @@ labels. The kinds, in the file's order (:data:`KINDS`):
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -25,47 +27,59 @@ KINDS = ("new", "gone", "battery_drop", "moved", "firmware")
 COMPARED = ("esl_id", "store", "battery", "firmware")
 
 
-def _side(rows: pa.Table, prefix: str) -> pa.Table:
-    here = pa.repeat(pa.scalar(True), rows.num_rows)
-    names = ["esl_id", *(f"{prefix}{n}" for n in COMPARED[1:]), f"{prefix}here"]
-    return pa.table([*(rows[n] for n in COMPARED), here], names=names)
-
-
-def _differ(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
+def _differ(a: pa.ChunkedArray | pa.Array, b: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
     return pc.not_equal(pc.fill_null(a, ""), pc.fill_null(b, ""))
+
+
+def _rows(kind: str, server: str, ids: Any, store: Any, before: Any = None, after: Any = None) -> pa.Table:
+    n = len(ids)
+    text = [pa.repeat(pa.scalar(value, pa.string()), n) for value in (kind, server)]
+    empty = pa.nulls(n, pa.string())
+    columns = [
+        text[0],
+        ids,
+        text[1],
+        store,
+        empty if before is None else before,
+        empty if after is None else after,
+    ]
+    return pa.table(columns, names=list(CHANGES_COLUMNS))
 
 
 def server_changes(
     server: str, previous: pa.Table, current: pa.Table, drop_points: int
 ) -> dict[str, pa.Table]:
     """Per kind, the change rows of ``server`` (:data:`CHANGES_COLUMNS`, strings, null for empty),
-    sorted by esl_id. ``previous`` and ``current`` hold :data:`COMPARED` of P and ds, each label once."""
-    joined = _side(current, "c_").join(_side(previous, "p_"), keys="esl_id", join_type="full outer")
-    joined = joined.take(pc.sort_indices(joined["esl_id"]))
-    in_p, in_ds = pc.is_valid(joined["p_here"]), pc.is_valid(joined["c_here"])
-    both = pc.and_(in_p, in_ds)
-    drop = pc.subtract(joined["p_battery"], joined["c_battery"])
-    battery = [pc.cast(joined[f"{p}battery"], pa.string()) for p in ("p_", "c_")]
-    masks = {
-        "new": pc.invert(in_p),
-        "gone": pc.invert(in_ds),
-        "battery_drop": pc.and_(both, pc.fill_null(pc.greater_equal(drop, drop_points), False)),
-        "moved": pc.and_(both, _differ(joined["p_store"], joined["c_store"])),
-        "firmware": pc.and_(both, _differ(joined["p_firmware"], joined["c_firmware"])),
-    }
-    empty = pa.nulls(joined.num_rows, pa.string())
-    values = {
-        "new": (joined["c_store"], empty, empty),
-        "gone": (joined["p_store"], empty, empty),
-        "battery_drop": (joined["c_store"], *battery),
-        "moved": (joined["c_store"], joined["p_store"], joined["c_store"]),
-        "firmware": (joined["c_store"], joined["p_firmware"], joined["c_firmware"]),
-    }
-    found = {}
-    for kind in KINDS:
-        mask = masks[kind]
-        store, before, after = (pc.filter(column, mask) for column in values[kind])
-        ids = pc.filter(joined["esl_id"], mask)
-        kinds, servers = (pa.repeat(pa.scalar(text, pa.string()), len(ids)) for text in (kind, server))
-        found[kind] = pa.table([kinds, ids, servers, store, before, after], names=list(CHANGES_COLUMNS))
-    return found
+    sorted by esl_id. ``previous`` and ``current`` hold :data:`COMPARED` of P and ds, each label once;
+    ``current`` sorted by esl_id."""
+    where = pc.index_in(current["esl_id"], value_set=previous["esl_id"])  # the label's row in P
+    known = pc.is_valid(where)
+    new = current.filter(pc.invert(known))
+    gone = previous.filter(pc.invert(pc.is_in(previous["esl_id"], value_set=current["esl_id"])))
+    gone = gone.take(pc.sort_indices(gone["esl_id"]))
+    now = current.filter(known)  # in both, in esl_id order
+    then = previous.take(pc.filter(where, known))
+    drop = pc.fill_null(pc.greater_equal(pc.subtract(then["battery"], now["battery"]), drop_points), False)
+    moved = _differ(then["store"], now["store"])
+    firmware = _differ(then["firmware"], now["firmware"])
+
+    def pick(mask: Any, column: str, source: pa.Table) -> Any:
+        values = source[column]
+        return pc.filter(pc.cast(values, pa.string()) if column == "battery" else values, mask)
+
+    return {
+        "new": _rows("new", server, new["esl_id"], new["store"]),
+        "gone": _rows("gone", server, gone["esl_id"], gone["store"]),
+        "battery_drop": _rows(
+            "battery_drop", server, pick(drop, "esl_id", now), pick(drop, "store", now),
+            pick(drop, "battery", then), pick(drop, "battery", now),
+        ),
+        "moved": _rows(
+            "moved", server, pick(moved, "esl_id", now), pick(moved, "store", now),
+            pick(moved, "store", then), pick(moved, "store", now),
+        ),
+        "firmware": _rows(
+            "firmware", server, pick(firmware, "esl_id", now), pick(firmware, "store", now),
+            pick(firmware, "firmware", then), pick(firmware, "firmware", now),
+        ),
+    }  # fmt: skip

@@ -173,7 +173,9 @@ def publish_history(
         forecast_guard = ("esl_id", "store") if spreadsheet_safe else ()
         for server in sorted(current.servers() | earlier[previous].servers()):
             now = current.rows(server)
-            found = server_changes(server, earlier[previous].rows(server), now, settings.battery_drop_points)
+            now = now.take(pc.sort_indices(now["esl_id"]))  # the forecast's order within the server
+            before = earlier[previous].rows(server)
+            found = server_changes(server, before, now, settings.battery_drop_points)
             for key, kind in enumerate(KINDS):
                 changes.add(key, _lines(found[kind], change_guard))
             if not now.num_rows:
@@ -181,7 +183,7 @@ def publish_history(
             rows, days_left = server_forecast(
                 server,
                 now.select(["esl_id", "store", "battery"]),
-                ((offsets[d], earlier[d].rows(server)) for d in dates),
+                ((offsets[d], before if d == previous else earlier[d].rows(server)) for d in dates),
                 ds=today,
                 alert_pct=settings.battery_alert_pct,
                 horizon_days=settings.forecast_horizon_days,

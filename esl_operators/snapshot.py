@@ -12,9 +12,8 @@ A value the servers sent that does not fit its column (a ``set_wor`` of ``"on"``
 ``21.5``, a count beyond int64) is null in the snapshot and counted in the log; the CSV keeps it as
 sent.
 
-Bounded memory: :class:`SnapshotWriter` writes each chunk it gets as row groups, sorted by server and
-esl_id within the chunk; :class:`Snapshot` reads one server's rows at a time, from the row groups
-that hold it.
+Bounded memory: :class:`SnapshotWriter` writes each chunk it gets as row groups of one server each;
+:class:`Snapshot` reads one server's rows at a time, from the row groups that hold it.
 """
 
 from __future__ import annotations
@@ -128,11 +127,20 @@ class SnapshotWriter:
         table, lost = typed(part)
         for name, count in lost.items():
             self.lost[name] = self.lost.get(name, 0) + count
-        # Sorted within the chunk: a server's rows sit together, so reading it back touches few groups.
-        table = table.take(pc.sort_indices(table, [("server", "ascending"), ("esl_id", "ascending")]))
-        if table.num_rows:
-            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.rows += table.num_rows
+        if table.num_rows == 0:
+            return
+        # One server per row group, so reading a server back touches its groups only. A chunk of a
+        # partition of one server (the default servers_per_batch) is written as it comes.
+        if pc.count_distinct(table["server"]).as_py() == 1:
+            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            return
+        table = table.take(pc.sort_indices(table["server"]))
+        counts = table.group_by("server").aggregate([([], "count_all")]).sort_by("server")
+        start = 0
+        for count in counts["count_all"].to_pylist():
+            self._writer.write_table(table.slice(start, count), row_group_size=ROW_GROUP_ROWS)
+            start += count
 
     def __enter__(self) -> Self:
         return self
@@ -168,9 +176,12 @@ class Snapshot:
             if column not in schema.names or schema.field(column).type != wanted:
                 raise HistoryError(f"{name}: snapshot lacks the column {column} ({wanted})")
         self._groups: dict[str, list[int]] = {}
+        self._mixed: set[int] = set()  # row groups of more than one server (files of other writers)
         for group in range(self._file.num_row_groups):
-            servers = pc.unique(self._file.read_row_group(group, columns=["server"])["server"])
-            for server in servers.to_pylist():
+            servers = pc.unique(self._file.read_row_group(group, columns=["server"])["server"]).to_pylist()
+            if len(servers) > 1:
+                self._mixed.add(group)
+            for server in servers:
                 if server is not None:
                     self._groups.setdefault(server, []).append(group)
 
@@ -178,15 +189,17 @@ class Snapshot:
         return set(self._groups)
 
     def rows(self, server: str) -> pa.Table:
-        """The server's rows (the chosen columns), sorted by esl_id; each label once."""
+        """The server's rows (the chosen columns), in file order; each label once."""
         groups = self._groups.get(server)
         if not groups:
             return SNAPSHOT_SCHEMA.empty_table().select(self.columns)
-        table = self._file.read_row_groups(groups, columns=[*self.columns, "server"])
-        table = table.filter(pc.equal(table["server"], server)).select(self.columns)
-        table = table.take(pc.sort_indices(table["esl_id"]))
+        if self._mixed.isdisjoint(groups):
+            table = self._file.read_row_groups(groups, columns=self.columns)
+        else:
+            table = self._file.read_row_groups(groups, columns=[*self.columns, "server"])
+            table = table.filter(pc.equal(table["server"], server)).select(self.columns)
         if pc.count_distinct(table["esl_id"]).as_py() != table.num_rows:
-            ids = table["esl_id"].to_pylist()
+            ids = sorted(table["esl_id"].to_pylist())
             twice = next(a for a, b in itertools.pairwise(ids) if a == b)
             raise HistoryError(f"{self.name}: server {server!r} has label {twice!r} more than once")
         return table
