@@ -452,3 +452,41 @@ def test_the_history_settings_are_checked_like_every_setting(tmp_path: Path) -> 
         aggregate_run([], output_root=tmp_path, ds=day(0), history_days=0)
     with pytest.raises(ConfigError, match=r"^battery_alert_pct must be between 0 and 100, got 101$"):
         aggregate_run([], output_root=tmp_path, ds=day(0), battery_alert_pct=101)
+
+
+def test_a_snapshot_of_another_writer_serves_as_history(tmp_path: Path) -> None:
+    """P's snapshot rewritten by plain pyarrow, all servers mixed in one row group, shuffled."""
+    publish(tmp_path, day(0), fleet_on(0))
+    path = tmp_path / day(0) / "_snapshot.parquet"
+    table = pq.read_table(path)
+    order = list(range(table.num_rows))
+    random.Random(3).shuffle(order)
+    pq.write_table(table.take(pa.array(order)), path)
+    assert pq.ParquetFile(path).num_row_groups == 1
+
+    manifest = publish(tmp_path, day(1), fleet_on(1))
+
+    found = expected_changes(fleet_on(0), fleet_on(1), drop_points=10)
+    assert manifest["history"] == {"previous_date": day(0), **counts(found)}
+    assert (tmp_path / day(1) / "_changes.csv").read_bytes() == changes_file(found)
+
+
+def test_an_unusable_earlier_snapshot_fails_the_run_naming_it(tmp_path: Path) -> None:
+    from esl_operators.snapshot import HistoryError
+
+    publish(tmp_path, day(0), fleet_on(0))
+    path = tmp_path / day(0) / "_snapshot.parquet"
+    table = pq.read_table(path)
+    pq.write_table(pa.concat_tables([table, table.slice(5, 1)]), path)
+    twice = table["esl_id"][5].as_py()
+    server = table["server"][5].as_py()
+    with pytest.raises(
+        HistoryError, match=rf"^{day(0)}/_snapshot.parquet: server '{server}' has label '{twice}'"
+    ):
+        publish(tmp_path, day(1), fleet_on(1))
+    pq.write_table(table.drop_columns(["firmware"]), path)
+    with pytest.raises(
+        HistoryError, match=rf"^{day(0)}/_snapshot.parquet: snapshot lacks the column firmware"
+    ):
+        publish(tmp_path, day(1), fleet_on(1))
+    assert not (tmp_path / day(1) / "_SUCCESS").exists()  # nothing published
