@@ -156,7 +156,7 @@ def publish_history(
         return history_block(None, {})
     started = time.monotonic()
     previous, today = dates[-1], date.fromisoformat(ds)
-    columns = sorted(set(COMPARED), key=COMPARED.index)
+    columns = list(COMPARED)
     with tempfile.TemporaryDirectory(prefix="esl-history-") as scratch, contextlib.ExitStack() as stack:
         folder = Path(scratch)
 
