@@ -308,7 +308,14 @@ def _publish(
     if report:
         from esl_operators.report import publish_report
 
-        publish_report(publication.path(REPORT_NAME).parent, stats, published, output_root=output_root)
+        publish_report(
+            publication.path(REPORT_NAME).parent,
+            stats,
+            published,
+            output_root=output_root,
+            history_days=history.history_days,
+            battery_alert_pct=history.battery_alert_pct,
+        )
     published["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
     write_json_atomic(publication.path(MANIFEST_NAME), published)
     publication.commit(batches=len(ordered))

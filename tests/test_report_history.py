@@ -204,6 +204,14 @@ def test_the_window_is_the_history_days_param(run: tuple[Path, Path]) -> None:
     html = page(root, staging, manifest_of(DS, HISTORY[DS], history_days=2))
     assert [r["date"] for r in Places(html).tables["trends/Per date"]] == [D3, DS]
     assert "Over the 2 published dates of the last 2 days" in html
+    # Given to publish_report (as the aggregate step does), the settings win over the recorded params.
+    manifest = manifest_of(DS, HISTORY[DS], history_days=30, battery_alert_pct=10)
+    path = publish_report(
+        staging, FleetStats(), manifest, output_root=root, history_days=3, battery_alert_pct=15
+    )
+    html = Path(path).read_text(encoding="utf-8")
+    assert [r["date"] for r in Places(html).tables["trends/Per date"]] == [D2, D3, DS]
+    assert "expected under 15% within 7 and within 30 days" in html
 
 
 def test_lists_are_capped_and_link_the_file(run: tuple[Path, Path]) -> None:

@@ -31,13 +31,15 @@ def publish_report(
     *,
     battery_threshold: int = 20,
     output_root: PathLike | None = None,
+    history_days: int | None = None,
+    battery_alert_pct: int | None = None,
 ) -> Any:
     """Render the report of one run and write it atomically as ``{folder}/report.html``.
 
     With ``output_root`` and a ``history`` block in the manifest, the page gains "Since {P}" and "Trends"
     (:mod:`.history`): ``folder`` (the staging folder) holds the run's history files, ``output_root`` the
-    earlier dates'. The window and the alert level are the run's params ``history_days`` and
-    ``battery_alert_pct`` as the manifest records them.
+    earlier dates'. The window and the alert level are ``history_days`` and ``battery_alert_pct``;
+    not given, the run's params of those names as the manifest records them, else their defaults.
     """
     path = folder / REPORT_NAME
     history = None
@@ -49,8 +51,8 @@ def publish_report(
             folder,
             output_root,
             manifest,
-            history_days=_int_param(params, "history_days", HISTORY_DAYS),
-            battery_alert_pct=_int_param(params, "battery_alert_pct", BATTERY_ALERT_PCT),
+            history_days=_given(history_days, params, "history_days", HISTORY_DAYS),
+            battery_alert_pct=_given(battery_alert_pct, params, "battery_alert_pct", BATTERY_ALERT_PCT),
             low_threshold=battery_threshold,
         )
     html = render_report(
@@ -69,6 +71,9 @@ HISTORY_DAYS = 30
 BATTERY_ALERT_PCT = 10
 
 
-def _int_param(params: Mapping[str, Any], name: str, fallback: int) -> int:
-    value = params.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else fallback
+def _given(value: int | None, params: Mapping[str, Any], name: str, fallback: int) -> int:
+    """``value`` if given, else the manifest's param ``name`` if it is an integer, else ``fallback``."""
+    if value is not None:
+        return value
+    recorded = params.get(name)
+    return recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else fallback

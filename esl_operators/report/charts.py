@@ -46,6 +46,8 @@ _RC: dict[str, Any] = {
     "grid.color": "#e3e3e3",
     "grid.linewidth": 0.8,
 }
+#: A line chart labels each point with its value up to this many dates.
+MAX_LABELLED_POINTS = 16
 _ID = re.compile(r'\bid="([^"]+)"')
 
 
@@ -120,21 +122,23 @@ def line_chart(
             ys = [float("nan") if v is None else float(v) for v in values]
             axes.plot(positions, ys, color=color, marker="o", markersize=3, linewidth=1.6, label=name)
             for position, value in zip(positions, values, strict=True):
-                if value is not None:
+                # Every value is labelled while they fit; beyond that only the latest (the table has all).
+                if value is not None and (len(dates) <= MAX_LABELLED_POINTS or position == positions[-1]):
                     mark = axes.annotate(
                         f"{value:,}", (position, value), textcoords="offset points", xytext=(0, 4),
                         ha="center", fontsize=7, color=color,
                     )  # fmt: skip
                     mark.set_gid(f"s{number}-{position}")
-        step = max(1, -(-len(dates) // 10))  # at most ~10 date ticks; every point still drawn
-        axes.set_xticks(positions[::step], [d[5:] for d in dates[::step]])  # MM-DD: the year is in the title
+        step = max(1, -(-len(dates) // 10))  # at most ~10 date ticks, the latest date always among them
+        ticks = positions[::-step][::-1]
+        axes.set_xticks(ticks, [dates[i][5:] for i in ticks])  # MM-DD: the table beside has full dates
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylim(bottom=0)
         axes.margins(x=0.04, y=0.15)
         axes.set_ylabel(ylabel)
         axes.grid(axis="x", visible=False)
         if series:
-            axes.legend(loc="lower left", fontsize=8, frameon=False)
+            figure.legend(loc="outside upper right", ncols=len(series), fontsize=8, frameon=False)
         if not dates:
             axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center", va="center", color=GREY)
         return _to_svg(figure, chart_id, title)
