@@ -6,8 +6,11 @@ each counted in the manifest), sorted and formatted on its own.
 
 Memory does not grow with the partition: a partition within a run's share of ``aggregate_memory_mb``
 is sorted in memory; a larger one goes through the external sort of :mod:`esl_operators.spill`
-(hash buckets, sorted runs, a k-way merge) with byte-identical output. The report's statistics and
-the per-store counts take the de-duplicated rows chunk by chunk (:class:`~esl_operators.spill.RowSink`).
+(hash buckets, sorted runs, a k-way merge) with byte-identical output. The report's statistics,
+the per-store counts and the typed snapshot (:mod:`esl_operators.snapshot`) take the de-duplicated
+rows chunk by chunk (:class:`~esl_operators.spill.RowSink`); the fleet history
+(:mod:`esl_operators.history`: changes since the previous published date, battery forecast) is
+computed from the snapshots before the report.
 
 The new files are staged and replace the date's previous publication as one set
 (:mod:`esl_operators.publish`); ``_SUCCESS`` is written last; readers should wait for it.
@@ -28,17 +31,20 @@ import pyarrow as pa
 from esl_operators.cleaning import drop_duplicates, drop_failed
 from esl_operators.csvformat import check_style, columns_for, render_lines, sort_order, spreadsheet_safe_for
 from esl_operators.exceptions import EslError
+from esl_operators.history import HistorySettings, publish_history
 from esl_operators.manifest import BatchManifest, Partition, RunManifest, RunSummary, run_manifest
 from esl_operators.merge import merge_runs
 from esl_operators.partitions import stream_lines_atomic, write_lines_atomic
 from esl_operators.parts import PART_SCHEMA, open_part, part_chunks
 from esl_operators.publish import Publication, remove_stale_stagings
 from esl_operators.settings import HeaderStyle, default, setting
+from esl_operators.snapshot import SnapshotWriter
 from esl_operators.spill import Budget, RowSink, make_runs, remove_stale_spills, spill_folder
 from esl_operators.storage import (
     MANIFEST_NAME,
     PARTS_DIR,
     REPORT_NAME,
+    SNAPSHOT_NAME,
     PathLike,
     part_path,
     partition_name,
@@ -176,10 +182,16 @@ def aggregate_run(
     report: bool = True,
     aggregate_memory_mb: int = default("aggregate_memory_mb"),
     anchor_source: str = "date",
+    history_days: int = default("history_days"),
+    battery_drop_points: int = default("battery_drop_points"),
+    battery_alert_pct: int = default("battery_alert_pct"),
+    forecast_horizon_days: int = default("forecast_horizon_days"),
 ) -> RunSummary:
-    """Publish the partitions and the run manifest (and ``report.html``); return a small summary.
+    """Publish the partitions, the snapshot, the history files and the run manifest (and
+    ``report.html``); return a small summary.
 
     ``aggregate_memory_mb`` bounds the working memory of sorting a partition, whatever its size.
+    The last four are the history's settings (:mod:`esl_operators.history`).
     ``anchor_source`` says where the batches' heartbeat anchor came from: for a DAG run one of
     :data:`esl_operators.config.ANCHOR_SOURCES`; ``"date"`` (the default) is midnight UTC of ``ds``, as
     the standalone command anchors.
@@ -188,6 +200,12 @@ def aggregate_run(
     style, zone = check_style(header_style, timezone)
     guarded = spreadsheet_safe_for(style, spreadsheet_safe)
     ordered = _check_batches(manifests)
+    history = HistorySettings.checked(
+        history_days=history_days,
+        battery_drop_points=battery_drop_points,
+        battery_alert_pct=battery_alert_pct,
+        forecast_horizon_days=forecast_horizon_days,
+    )
     folder = run_dir(output_root, ds)
     remove_stale_spills(folder / PARTS_DIR)
     remove_stale_stagings(folder)
@@ -207,6 +225,7 @@ def aggregate_run(
             budget=Budget.from_mb(setting("aggregate_memory_mb").parse(aggregate_memory_mb)),
             anchor_source=anchor_source,
             started=started,
+            history=history,
         )
     return {
         "date": ds,
@@ -231,6 +250,7 @@ def _publish(
     budget: Budget,
     anchor_source: str,
     started: float,
+    history: HistorySettings,
 ) -> RunManifest:
     """Stage the date's new files, then commit them as one set; return the run manifest."""
     if report:
@@ -238,34 +258,40 @@ def _publish(
 
         stats: Any = FleetStats()  # report aggregates only: bounded by stores and days, not by rows
     store_counts = StoreCounts()
-    sinks: list[RowSink] = [store_counts, stats] if report else [store_counts]
+    snapshot = SnapshotWriter(publication.path(SNAPSHOT_NAME))
+    sinks: list[RowSink] = [store_counts, snapshot, stats] if report else [store_counts, snapshot]
     if report:
         publication.path(REPORT_NAME)  # part of the new set: the earlier report is replaced, not removed
     partitions: list[Partition] = []
-    for manifest in ordered:
-        batch = manifest["batch"]
-        name = partition_name(batch)
-        counts = publish_partition(
-            part_path(output_root, ds, batch),
-            manifest,
-            publication.path(name),
-            header_style=style,
-            zone=zone,
-            spreadsheet_safe=guarded,
-            budget=budget,
-            sinks=sinks,
-        )
-        partitions.append(
-            {
-                "file": name,
-                "rows": counts.published,
-                "servers": sorted(manifest["servers"]),
-                "dropped_failed_store_rows": counts.failed,
-                "dropped_duplicate_rows": counts.duplicates,
-            }
-        )
-        how = "in memory" if counts.runs == 1 else f"{counts.runs} runs merged"
-        log.info("%s: %d rows (sorted %s)", name, counts.published, how)
+    with snapshot:  # complete once every partition has fed it
+        for manifest in ordered:
+            batch = manifest["batch"]
+            name = partition_name(batch)
+            counts = publish_partition(
+                part_path(output_root, ds, batch),
+                manifest,
+                publication.path(name),
+                header_style=style,
+                zone=zone,
+                spreadsheet_safe=guarded,
+                budget=budget,
+                sinks=sinks,
+            )
+            partitions.append(
+                {
+                    "file": name,
+                    "rows": counts.published,
+                    "servers": sorted(manifest["servers"]),
+                    "dropped_failed_store_rows": counts.failed,
+                    "dropped_duplicate_rows": counts.duplicates,
+                }
+            )
+            how = "in memory" if counts.runs == 1 else f"{counts.runs} runs merged"
+            log.info("%s: %d rows (sorted %s)", name, counts.published, how)
+    # Before the manifest (its removed_stale_files) and the report (which shows the history).
+    changes = publish_history(
+        publication, output_root=output_root, ds=ds, settings=history, spreadsheet_safe=guarded
+    )
     published = run_manifest(
         ordered,
         partitions,
@@ -278,10 +304,18 @@ def _publish(
         params=params,
         removed_files=publication.stale_files(batches=len(ordered)),
     )
+    published["history"] = changes
     if report:
         from esl_operators.report import publish_report
 
-        publish_report(publication.path(REPORT_NAME).parent, stats, published)
+        publish_report(
+            publication.path(REPORT_NAME).parent,
+            stats,
+            published,
+            output_root=output_root,
+            history_days=history.history_days,
+            battery_alert_pct=history.battery_alert_pct,
+        )
     published["durations_s"]["aggregate"] = round(time.monotonic() - started, 3)
     write_json_atomic(publication.path(MANIFEST_NAME), published)
     publication.commit(batches=len(ordered))

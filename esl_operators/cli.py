@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -39,14 +40,26 @@ log = logging.getLogger("esl_operators")
 MAX_TOTAL_THREADS = 32
 
 
+# ``NAME=URL``: a URL has "://" before any "=", so a name made of these characters cannot be a URL.
+_NAMED_SERVER = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*)=(.*)", re.DOTALL)
+
+
 def target_from_url(url: str) -> ServerTarget:
-    """A server given as a URL; ``user:password@`` becomes basic auth and leaves the name."""
+    """A server given as a URL, or as ``NAME=URL`` (rows then name it NAME, as the DAG names a server
+    by its connection id); ``user:password@`` becomes basic auth and leaves the name."""
+    named = _NAMED_SERVER.fullmatch(url)
+    name, url = (named.group(1), named.group(2)) if named else (None, url)
     clean, credentials = split_credentials(url)
     auth = aiohttp.BasicAuth(*credentials) if credentials else None
     try:
-        return ServerTarget(name=clean, base_url=clean, auth=auth)
+        return ServerTarget(name=name or clean, base_url=clean, auth=auth)
     except ValueError as exc:
         raise ConfigError(f"--server {clean!r}: {exc}") from None
+
+
+def _asked(target: ServerTarget) -> str:
+    """A server as the manifest records it: as given, credentials left out."""
+    return target.base_url if target.name == target.base_url else f"{target.name}={target.base_url}"
 
 
 def _date(text: str) -> date:
@@ -74,7 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Export a fleet for one date. Every value is checked before the first request; "
         "the options are the DAG's params, with the same defaults and limits.",
     )
-    fetch.add_argument("--server", action="append", required=True, help="server base URL (repeatable)")
+    fetch.add_argument(
+        "--server",
+        action="append",
+        required=True,
+        help="server base URL, or NAME=URL to name it NAME in the rows (as the DAG's connection id "
+        "would); repeatable",
+    )
     fetch.add_argument("--date", required=True, type=_date, help="run date, YYYY-MM-DD")
     fetch.add_argument("--report", action="store_true", help="also write report.html (charts; slower)")
     add_cli_options(fetch, required=("output_root",))
@@ -127,7 +146,7 @@ def _fetch_and_publish(
         return 1
     params = {k: v for k, v in vars(args).items() if k != "command"}
     # The manifest records what was asked, but never credentials given in a server URL.
-    params.update(date=ds, server=[t.name for t in targets.values()], output_root=str(root))
+    params.update(date=ds, server=[_asked(t) for t in targets.values()], output_root=str(root))
     aggregate_options = {
         s.name: getattr(args, s.name) for s in for_task("aggregate") if s.name != "output_root"
     }

@@ -127,6 +127,17 @@ class Durations(TypedDict):
     aggregate: NotRequired[float]
 
 
+class History(TypedDict):
+    """What changed since the previous published date (``_changes.csv``): rows per change kind."""
+
+    previous_date: str | None  # YYYY-MM-DD; None: no published date in the history window
+    new: int
+    gone: int
+    battery_drop: int
+    moved: int
+    firmware: int
+
+
 class RunManifest(TypedDict):
     date: str
     anchor: str | None
@@ -155,6 +166,8 @@ class RunManifest(TypedDict):
     params: dict[str, Any]
     durations_s: Durations
     servers: dict[str, ServerManifest]
+    # Fleet history (esl_operators.history); added by the aggregate step after run_manifest().
+    history: NotRequired[History]
 
 
 class RunSummary(TypedDict):

@@ -42,6 +42,8 @@ from typing import Any, Self, TypedDict
 
 from esl_operators import lease
 from esl_operators.storage import (
+    CHANGES_NAME,
+    FORECAST_NAME,
     MANIFEST_NAME,
     REPORT_NAME,
     SUCCESS_NAME,
@@ -59,8 +61,9 @@ log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 JOURNAL_NAME = "_commit.json"
-#: Published files that exist only when a run produced them: removed when the new set lacks them.
-OPTIONAL_NAMES = (REPORT_NAME,)
+#: Published files that exist only when a run produced them: removed when the new set lacks them
+#: (the history files exist only when there is a previous published date, esl_operators.history).
+OPTIONAL_NAMES = (REPORT_NAME, CHANGES_NAME, FORECAST_NAME)
 
 
 class Journal(TypedDict):

@@ -39,6 +39,7 @@ HEADER_STYLES: tuple[HeaderStyle, ...] = get_args(HeaderStyle)
 ON_SERVER_ERROR: tuple[OnServerError, ...] = get_args(OnServerError)
 ALERTS = "Alerts"  # trigger-form section of who gets mail about a failed run
 ADVANCED = "Advanced"  # trigger-form section of the settings most runs leave alone
+HISTORY = "History"  # trigger-form section of the fleet history (changes, battery forecast)
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -357,6 +358,28 @@ SETTINGS: tuple[Setting, ...] = (
         "Working memory for sorting a partition; a larger partition is sorted in runs spilled next to "
         "the parts and merged, so memory does not grow with the partition.",
         tasks=("aggregate",), minimum=16, maximum=65_536, section=ADVANCED,
+    ),
+    Setting(
+        "history_days", "integer", 30, "History window (days)",
+        "Published dates at most this many days before the run date are history: _changes.csv compares "
+        "with the latest of them, _battery_forecast.csv fits each battery over all of them.",
+        tasks=("aggregate",), minimum=1, maximum=366, section=HISTORY,
+    ),
+    Setting(
+        "battery_drop_points", "integer", 10, "Battery drop (points)",
+        "A label whose battery fell by at least this many points since the previous published date is a "
+        "battery_drop in _changes.csv.",
+        tasks=("aggregate",), minimum=1, maximum=100, section=HISTORY,
+    ),
+    Setting(
+        "battery_alert_pct", "integer", 10, "Battery alert level (%)",
+        "The battery level the forecast counts down to: days_left is the days until a label reaches it.",
+        tasks=("aggregate",), minimum=0, maximum=100, section=HISTORY,
+    ),
+    Setting(
+        "forecast_horizon_days", "integer", 60, "Forecast horizon (days)",
+        "_battery_forecast.csv lists the labels expected at the alert level within this many days.",
+        tasks=("aggregate",), minimum=0, maximum=3650, section=HISTORY,
     ),
 )
 # fmt: on

@@ -45,6 +45,10 @@ def test_dag_parses_without_network_or_variables() -> None:
         "timezone": "UTC",
         "spreadsheet_safe": None,
         "aggregate_memory_mb": 256,
+        "history_days": 30,
+        "battery_drop_points": 10,
+        "battery_alert_pct": 10,
+        "forecast_horizon_days": 60,
     }
     for name, param in dag.params.items():
         assert param.schema.get("type"), name

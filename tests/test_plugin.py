@@ -353,3 +353,66 @@ def test_hostile_manifest_text_is_inert_in_the_listing_and_the_report(
     assert {clipped(n) for n in named} & set(places.charts["Stores with the most refreshes per label"])
     assert set(places.column("attention/Skipped ids", "value")) == set(HOSTILE)
     assert places.column("attention/Errors", "store") == [HOSTILE[1]]
+
+
+# --- history files (issue 14) -------------------------------------------------------------------
+
+
+def test_listing_shows_new_and_gone_and_serves_the_history_files(
+    tmp_path: Path, viewer: dict[str, str]
+) -> None:
+    root = tmp_path / "esl_export"
+    fleet = build_fleet(servers=1, stores=3, esls=30, seed=5, reference_ms=ANCHOR_MS)
+    history = {
+        "previous_date": "2024-05-09",
+        "new": 1234,
+        "gone": 7,
+        "battery_drop": 0,
+        "moved": 0,
+        "firmware": 0,
+    }
+    publish_run(root, DS, fleet, ["esl_a"], history=history)
+    publish_run(root, "2024-05-09", fleet, ["esl_a"])  # written before issue 14: no history block
+    folder = root / DS
+    files = {
+        "_changes.csv": b"change,esl_id,server,store,previous,current\nnew,1,esl_a,S1,,\n",
+        "_battery_forecast.csv": b"esl_id,server,store,battery,slope_per_day,days_left,forecast_date,"
+        b"observations\n",
+        "_snapshot.parquet": b"PAR1 not really, but served as is PAR1",
+    }
+    for name, body in files.items():
+        (folder / name).write_bytes(body)
+    outside = tmp_path / "outside.csv"
+    outside.write_text(SECRET, encoding="utf-8")
+    (root / "2024-05-09" / "_changes.csv").symlink_to(outside)  # a history name leading out of the root
+    with TestClient(create_app(output_root=lambda: root)) as history_client:
+        html = history_client.get("/", headers=viewer).text
+        row = html[html.index(f"<b>{DS}</b>") : html.index("<b>2024-05-09</b>")]
+        assert '<span class="new">new 1,234</span> · <span class="gone">gone 7</span>' in row
+        for name in files:
+            assert f'href="{DS}/{name}" download' in row
+        older = html[html.index("<b>2024-05-09</b>") :]
+        assert '<td class="num">' in older and "<td>–</td>" in older and "_changes.csv" not in older
+        for name, body in files.items():
+            got = history_client.get(f"/{DS}/{name}", headers=viewer)
+            assert got.status_code == 200 and got.content == body
+            assert got.headers["content-disposition"].startswith("attachment;")
+            assert f'filename="{DS}{name}"' in got.headers["content-disposition"]
+            assert got.headers["x-content-type-options"] == "nosniff"
+        assert history_client.get(f"/{DS}/_changes.csv", headers=viewer).headers["content-type"] == (
+            "text/csv; charset=utf-8"
+        )
+        snapshot = history_client.get(f"/{DS}/_snapshot.parquet", headers=viewer)
+        assert snapshot.headers["content-type"] == "application/vnd.apache.parquet"
+        refused = [
+            "/2024-05-09/_changes.csv",  # symlink out of the root
+            f"/{DS}/_changes.csv.tmp",
+            f"/{DS}/.staging-0123/_changes.csv",
+            f"/{DS}/_CHANGES.csv",
+            "/2024-05-09/_battery_forecast.csv",  # not written for that date
+        ]
+        for path in refused:
+            response = history_client.get(path, headers=viewer)
+            assert response.status_code == 404, path
+            assert SECRET not in response.text
+        assert history_client.get(f"/{DS}/_changes.csv").status_code == 401  # login still required

@@ -38,8 +38,15 @@ from tests.test_spill import make_rows, write_part
 
 pytestmark = pytest.mark.timeout(300)
 
-OLD_FILES = ["_SUCCESS", "_manifest.json", "esl_id_part_1.csv", "esl_id_part_2.csv", "report.html"]
-NEW_FILES = ["_SUCCESS", "_manifest.json", "esl_id_part_1.csv"]
+OLD_FILES = [
+    "_SUCCESS",
+    "_manifest.json",
+    "_snapshot.parquet",
+    "esl_id_part_1.csv",
+    "esl_id_part_2.csv",
+    "report.html",
+]
+NEW_FILES = ["_SUCCESS", "_manifest.json", "_snapshot.parquet", "esl_id_part_1.csv"]
 # The aggregate step's clock, fixed: the manifest's aggregate duration is then the same in every run.
 FIXED_CLOCK = types.SimpleNamespace(monotonic=lambda: 0.0)
 

@@ -163,3 +163,55 @@ def test_a_partition_sorted_in_runs_spills_locally_and_streams_its_csv_to_s3(
     published = _rows(client, prefix + "esl_id_part_1.csv")
     assert published[1:] == expected_partition(small_fleet, dict(enumerate(names)), CUTOFF_MS)
     assert list(local_tmp.iterdir()) == []  # the local spill folder is gone
+
+
+def test_the_dag_keeps_the_fleet_history_on_s3(
+    airflow_db: str,
+    simulator: SimulatorThread,
+    small_fleet: Fleet,
+    s3_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14: two DAG runs on an ``s3://`` root; the second compares with the first's snapshot."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from tests.expected_history import changes_file, expected_changes
+
+    client = _client(s3_endpoint)
+    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=BUCKET)
+    names = connect(monkeypatch, simulator, tmp_path / "unused-local-root")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    conn = {"conn_type": "aws", "login": KEY, "password": KEY, "extra": {"endpoint_url": s3_endpoint}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
+    root = f"s3://aws_default@{BUCKET}/history"
+    dag = without_retries(load_dag())
+    labels = {}
+    for days_before in (3, 0):
+        anchor = ANCHOR - dt.timedelta(days=days_before)
+        run = dag.test(logical_date=anchor, run_conf={"servers_per_batch": 2, "output_root": root})
+        assert run.state == "success"
+        cutoff = CUTOFF_MS - days_before * 86_400_000
+        rows = expected_partition(small_fleet, dict(enumerate(names)), cutoff)
+        labels[days_before] = {
+            (r[2], r[0]): {"store": r[1], "battery": r[5], "firmware": r[10]} for r in rows
+        }
+
+    prefix = "history/2024-05-10/"
+    snapshot = client.get_object(Bucket=BUCKET, Key=prefix + "_snapshot.parquet")["Body"].read()
+    table = pq.read_table(io.BytesIO(snapshot))
+    assert sorted(zip(table["server"].to_pylist(), table["esl_id"].to_pylist(), strict=True)) == sorted(
+        labels[0]
+    )
+    found = expected_changes(labels[3], labels[0], drop_points=10)
+    assert found["gone"]
+    changes = client.get_object(Bucket=BUCKET, Key=prefix + "_changes.csv")["Body"].read()
+    assert changes == changes_file(found)
+    manifest = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "_manifest.json")["Body"].read())
+    assert manifest["history"] == {"previous_date": "2024-05-07", **{k: len(v) for k, v in found.items()}}
+    keys = {i["Key"] for i in client.list_objects_v2(Bucket=BUCKET, Prefix="history/")["Contents"]}
+    assert "history/2024-05-07/_snapshot.parquet" in keys
+    assert "history/2024-05-07/_changes.csv" not in keys  # no earlier published date

@@ -41,6 +41,7 @@ HOUSEKEEPING = frozenset(
 )
 SHOWN_ELSEWHERE = frozenset(
     {
+        "history",  # the counts of the "Since {P}" section (report.history)
         "date",
         "anchor",
         "anchor_source",  # beside the anchor in the page's header

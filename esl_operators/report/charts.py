@@ -1,4 +1,4 @@
-"""Bar charts as inline SVG, drawn by matplotlib (object API, no pyplot: no global figure state).
+"""Bar and line charts as inline SVG, drawn by matplotlib (object API, no pyplot: no global figure state).
 
 Text stays text (``svg.fonttype: none``): the page is smaller, the browser renders any script the
 store codes use, and the numbers can be searched and copied. Each SVG is made safe to inline next to
@@ -46,6 +46,8 @@ _RC: dict[str, Any] = {
     "grid.color": "#e3e3e3",
     "grid.linewidth": 0.8,
 }
+#: A line chart labels each point with its value up to this many dates.
+MAX_LABELLED_POINTS = 16
 _ID = re.compile(r'\bid="([^"]+)"')
 
 
@@ -94,6 +96,50 @@ def bar_chart(
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         if not categories:
+            axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center", va="center", color=GREY)
+        return _to_svg(figure, chart_id, title)
+
+
+def line_chart(
+    chart_id: str,
+    dates: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float | None], str]],
+    *,
+    title: str,
+    ylabel: str,
+) -> Markup:
+    """One line per ``(name, values, colour)`` over ``dates`` (None: no point that day, the line breaks).
+
+    Each point is labelled with its value in the SVG (``id="{chart_id}-{series}-{date}"``), so tests
+    can read what is drawn; the tables beside the chart carry the same numbers.
+    """
+    figure = Figure(figsize=(6.4, 3.2), layout="constrained")
+    with rc_context(_RC):  # type: ignore[arg-type]  # matplotlib's stubs list the rc keys as literals
+        axes = figure.add_subplot()
+        axes.set_title(title, loc="left")
+        positions = list(range(len(dates)))
+        for number, (name, values, color) in enumerate(series):
+            ys = [float("nan") if v is None else float(v) for v in values]
+            axes.plot(positions, ys, color=color, marker="o", markersize=3, linewidth=1.6, label=name)
+            for position, value in zip(positions, values, strict=True):
+                # Every value is labelled while they fit; beyond that only the latest (the table has all).
+                if value is not None and (len(dates) <= MAX_LABELLED_POINTS or position == positions[-1]):
+                    mark = axes.annotate(
+                        f"{value:,}", (position, value), textcoords="offset points", xytext=(0, 4),
+                        ha="center", fontsize=7, color=color,
+                    )  # fmt: skip
+                    mark.set_gid(f"s{number}-{position}")
+        step = max(1, -(-len(dates) // 10))  # at most ~10 date ticks, the latest date always among them
+        ticks = positions[::-step][::-1]
+        axes.set_xticks(ticks, [dates[i][5:] for i in ticks])  # MM-DD: the table beside has full dates
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylim(bottom=0)
+        axes.margins(x=0.04, y=0.15)
+        axes.set_ylabel(ylabel)
+        axes.grid(axis="x", visible=False)
+        if series:
+            figure.legend(loc="outside upper right", ncols=len(series), fontsize=8, frameon=False)
+        if not dates:
             axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center", va="center", color=GREY)
         return _to_svg(figure, chart_id, title)
 

@@ -32,9 +32,14 @@ ANCHOR_SOURCE_NAMES = {
 
 
 def render_report(
-    stats: FleetStats, manifest: Mapping[str, Any], *, anchor_ms: int, battery_threshold: int = 20
+    stats: FleetStats,
+    manifest: Mapping[str, Any],
+    *,
+    anchor_ms: int,
+    battery_threshold: int = 20,
+    history: Mapping[str, Any] | None = None,
 ) -> str:
-    """The report page for one run date."""
+    """The report page for one run date; ``history``: the sections of :func:`.history.history_sections`."""
     if not 0 < battery_threshold <= 100:
         raise ValueError(f"battery_threshold must be in 1..100, got {battery_threshold}")
     view = ReportView(stats, manifest, anchor_ms, battery_threshold)
@@ -57,6 +62,7 @@ def render_report(
         heartbeat=fleet.heartbeat(view),
         hardware=fleet.hardware(view),
         run=summary.run(view),
+        history=history,
     )
 
 

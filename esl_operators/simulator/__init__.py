@@ -1,11 +1,13 @@
 """Deterministic simulator of Hanshow ESL-Working servers (HTTP API v3) for tests and benchmarks."""
 
+from .clock import CLOCK_EPOCH
 from .dataset import DEFAULT_STORE, Fleet, ServerData, build_fleet, envelope, reference_ms_for
 from .faults import GROW_ENDS, TRANSIENT_KINDS, FaultProfile, grown_store
 from .server import STATS_KEY, STATS_PATH, RunningServer, Stats, make_app, start_fleet, stop_fleet
 from .threaded import SimulatorThread
 
 __all__ = [
+    "CLOCK_EPOCH",
     "DEFAULT_STORE",
     "GROW_ENDS",
     "STATS_KEY",

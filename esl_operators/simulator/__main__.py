@@ -25,6 +25,13 @@ def _index_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated server indexes, got {text!r}") from None
 
 
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m esl_operators.simulator",
@@ -46,11 +53,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument(
-        "--reference-date",
-        type=dt.date.fromisoformat,
+    day = parser.add_mutually_exclusive_group()
+    day.add_argument(
+        "--as-of",
+        type=_day,
         default=None,
-        help="YYYY-MM-DD; timestamps are relative to its midnight UTC (default: today, UTC)",
+        help="YYYY-MM-DD: the fleet as it is on that day, heartbeats relative to its midnight UTC: batteries "
+        "drain, labels go silent and come back, are added, removed and moved, stores get firmware "
+        "upgrades (default: today, UTC)",
+    )
+    day.add_argument(
+        "--reference-date",
+        type=_day,
+        default=None,
+        help="YYYY-MM-DD: the static fleet (the same on every day) relative to its midnight UTC",
     )
     faults = parser.add_argument_group("deterministic fault injection (see faults.py)")
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of fault selection")
@@ -114,7 +130,7 @@ async def _serve(args: argparse.Namespace) -> None:
     # sockets open must still end in a clean exit, not the default handler's non-zero status.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    day = args.reference_date or dt.datetime.now(dt.UTC).date()
+    as_of = None if args.reference_date else args.as_of or dt.datetime.now(dt.UTC).date()
     try:
         check_overload(args.overload_status, args.capacity)
         faults = _fault_profiles(args)
@@ -124,7 +140,8 @@ async def _serve(args: argparse.Namespace) -> None:
             esls=args.esls,
             page_size=args.page_size,
             seed=args.seed,
-            reference_ms=reference_ms_for(day),
+            reference_ms=reference_ms_for(args.reference_date) if args.reference_date else None,
+            as_of=as_of,
         )
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -1,10 +1,11 @@
-"""Deterministic synthetic data for simulated Hanshow ESL-Working servers.
+"""Deterministic synthetic data for simulated Hanshow ESL-Working servers (the clock: :mod:`.clock`).
 
 Everything here is pure data: tests and benchmarks compute the expected export from a
 :class:`Fleet` directly, while :mod:`.server` serves the very same objects over HTTP.
 The data deliberately contains the awkward cases seen on real servers (odd store codes,
 mixed value types, missing keys, time-zone boundary timestamps) so clients are exercised
-against them.
+against them. Longer than most modules: the store layout, the label generator and their
+checks are one set of rules that tests rely on together.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import clock
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -108,19 +112,48 @@ class Fleet:
     servers: list[ServerData]
     page_size: int
     reference_ms: int
+    #: The clock's day (see :mod:`.clock`), or None for the static fleet.
+    as_of: dt.date | None = None
+
+
+def max_esls(as_of: dt.date | None) -> int:
+    """The most ESLs per server: a fleet with a clock needs spare ids for the labels it adds."""
+    if as_of is None:
+        return MAX_ESLS_PER_SERVER
+    # esls + churn_slots(esls) * CHURN_GENERATIONS ids must fit beside the default store's.
+    limit = MAX_ESLS_PER_SERVER * 100 // (100 + 4 * clock.CHURN_GENERATIONS)
+    assert limit + clock.churn_slots(limit) * clock.CHURN_GENERATIONS <= MAX_ESLS_PER_SERVER
+    return limit
 
 
 def build_fleet(
-    *, servers: int, stores: int, esls: int, page_size: int = 50, seed: int = 1, reference_ms: int
+    *,
+    servers: int,
+    stores: int,
+    esls: int,
+    page_size: int = 50,
+    seed: int = 1,
+    reference_ms: int | None = None,
+    as_of: dt.date | None = None,
 ) -> Fleet:
     """Build a deterministic fleet: same arguments, same data (independent of PYTHONHASHSEED).
 
-    ``stores`` and ``esls`` are per server and do not count the ``default`` store.
+    ``stores`` and ``esls`` are per server and do not count the ``default`` store. Give either
+    ``reference_ms`` (the static fleet: timestamps relative to that instant, the same every day) or
+    ``as_of`` (the fleet as it is on that day, see :mod:`.clock`; ``reference_ms`` is then its
+    midnight UTC).
     """
+    if as_of is not None:
+        if reference_ms is not None and reference_ms != reference_ms_for(as_of):
+            raise ValueError("reference_ms must be midnight UTC of as_of when both are given")
+        reference_ms = reference_ms_for(as_of)
+    if reference_ms is None:
+        raise ValueError("give reference_ms (a static fleet) or as_of (a fleet on that day)")
     if not 0 < servers <= MAX_SERVERS:
         raise ValueError(f"servers must be in 1..{MAX_SERVERS}")
-    if not 0 <= esls <= MAX_ESLS_PER_SERVER:
-        raise ValueError(f"esls must be in 0..{MAX_ESLS_PER_SERVER}")
+    if not 0 <= esls <= max_esls(as_of):
+        suffix = " with as_of" if as_of is not None else ""
+        raise ValueError(f"esls must be in 0..{max_esls(as_of)}{suffix}")
     if stores < 0 or (stores == 0 and esls > 0):
         raise ValueError("stores must be >= 0, and > 0 when esls > 0")
     if page_size < 1:
@@ -129,14 +162,34 @@ def build_fleet(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        built = [
-            _build_server(i, random.Random(f"{seed}-{i}"), stores, esls, page_size, reference_ms)
-            for i in range(servers)
-        ]
+        if as_of is None:
+            built = []
+            for i in range(servers):
+                rng = random.Random(f"{seed}-{i}")
+                store_map, users, _ = _build_server(i, rng, stores, esls, page_size, reference_ms)
+                built.append(ServerData(index=i, stores=store_map, users=users))
+        else:
+            # The base fleet is built at the clock's epoch, then lived forward to as_of.
+            epoch_ms = reference_ms_for(clock.CLOCK_EPOCH)
+            bases = [
+                _build_server(i, random.Random(f"{seed}-{i}"), stores, esls, page_size, epoch_ms)
+                for i in range(servers)
+            ]
+            lived = clock.servers_as_of(
+                [(store_map, id_of) for store_map, _, id_of in bases],
+                as_of=as_of,
+                seed=seed,
+                first_churn_id=esls + DEFAULT_STORE_ESLS,
+                default_store=DEFAULT_STORE,
+            )
+            built = [
+                ServerData(index=i, stores=store_map, users=users)
+                for i, (store_map, (_, users, _)) in enumerate(zip(lived, bases, strict=True))
+            ]
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Fleet(servers=built, page_size=page_size, reference_ms=reference_ms)
+    return Fleet(servers=built, page_size=page_size, reference_ms=reference_ms, as_of=as_of)
 
 
 def _store_plan(stores: int, esls: int, page_size: int, rng: random.Random) -> list[tuple[str, int]]:
@@ -184,7 +237,8 @@ def _uneven_split(total: int, parts: int, rng: random.Random) -> list[int]:
 
 def _build_server(
     index: int, rng: random.Random, stores: int, esls: int, page_size: int, reference_ms: int
-) -> ServerData:
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], Callable[[int], str]]:
+    """A server's stores and users, and the id of counter value n (the clock adds labels with it)."""
     plan = _store_plan(stores, esls, page_size, rng)
     plan.append((DEFAULT_STORE, DEFAULT_STORE_ESLS))
     # Real servers list stores in no particular order; "default" is not always first.
@@ -200,12 +254,16 @@ def _build_server(
         for _ in range(_DESCRIPTION_POOL_SIZE)
     ]
 
+    def id_of(n: int) -> str:
+        m = (n * multiplier + offset) & 0xFFFFFF
+        return f"{prefix}{m >> 16:02X}-{(m >> 8) & 0xFF:02X}-{m & 0xFF:02X}"
+
     counter = 0
     store_map: dict[str, list[dict[str, Any]]] = {}
     users: list[dict[str, Any]] = []
     for code, count in plan:
         esl_ids = []
-        for n in range(counter, counter + count):
+        for n in range(counter, counter + count):  # id_of inlined: millions of labels in benchmarks
             m = (n * multiplier + offset) & 0xFFFFFF
             esl_ids.append(f"{prefix}{m >> 16:02X}-{(m >> 8) & 0xFF:02X}-{m & 0xFF:02X}")
         counter += count
@@ -213,7 +271,7 @@ def _build_server(
         users.append(_make_user(rng, code, reference_ms))
 
     _plant_lookback_boundary(rng, store_map, reference_ms)
-    return ServerData(index=index, stores=store_map, users=users)
+    return store_map, users, id_of
 
 
 def _make_user(rng: random.Random, code: str, reference_ms: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 
-from esl_operators.storage import MANIFEST_NAME, REPORT_NAME
+from esl_operators.storage import MANIFEST_NAME, REPORT_NAME, SNAPSHOT_NAME
 from esl_operators.templating import render
 from esl_operators.web.access import Refused, refused_page, require_reader
 from esl_operators.web.files import (
@@ -104,8 +104,11 @@ def create_app(output_root: Callable[[], ViewRoot] = configured_output_root) -> 
         elif name == MANIFEST_NAME:
             media_type = "application/json"
         else:
-            headers["Content-Disposition"] = attachment(f"{ds}_{name}")
-            media_type = "text/csv; charset=utf-8"
+            # Saved as e.g. 2024-05-10_esl_id_part_1.csv, 2024-05-10_changes.csv: the date stays with it.
+            saved_as = f"{ds}{name}" if name.startswith("_") else f"{ds}_{name}"
+            headers["Content-Disposition"] = attachment(saved_as)
+            parquet = name == SNAPSHOT_NAME
+            media_type = "application/vnd.apache.parquet" if parquet else "text/csv; charset=utf-8"
         if isinstance(target, Path):
             return FileResponse(target, media_type=media_type, headers=headers)
         return object_response(target, media_type, headers)

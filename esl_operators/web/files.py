@@ -1,7 +1,8 @@
 """Which files the view serves, and where: published files of plain run dates inside the output root.
 
-Only ``{root}/{YYYY-MM-DD}/`` and, inside it, ``esl_id_part_N.csv``, ``report.html`` and
-``_manifest.json`` (names and patterns from :mod:`esl_operators.storage`). Names are checked against
+Only ``{root}/{YYYY-MM-DD}/`` and, inside it, ``esl_id_part_N.csv``, ``report.html``,
+``_manifest.json`` and the history files ``_changes.csv``, ``_battery_forecast.csv`` and
+``_snapshot.parquet`` (names and patterns from :mod:`esl_operators.storage`). Names are checked against
 those patterns before any path is built, so a request can name nothing else, on any store.
 
 The root is what the tasks write to (:func:`esl_operators.config.output_root_path`): a local folder
@@ -21,7 +22,19 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 from fastapi import HTTPException
 
 from esl_operators.config import DEFAULT_OUTPUT_ROOT, OUTPUT_ROOT_VARIABLE, output_root_path
-from esl_operators.storage import MANIFEST_NAME, REPORT_NAME, as_local_root, is_run_date, partition_number
+from esl_operators.storage import (
+    CHANGES_NAME,
+    FORECAST_NAME,
+    MANIFEST_NAME,
+    REPORT_NAME,
+    SNAPSHOT_NAME,
+    as_local_root,
+    is_run_date,
+    partition_number,
+)
+
+#: The history files of a date (issue 14), in the order the listing links them.
+HISTORY_FILES = (CHANGES_NAME, FORECAST_NAME, SNAPSHOT_NAME)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -75,7 +88,7 @@ def shown(root: ViewRoot) -> str:
 
 def is_published_name(name: str) -> bool:
     """A file the aggregate step publishes in a date folder (never ``_SUCCESS``, parts or temporaries)."""
-    return name in (REPORT_NAME, MANIFEST_NAME) or partition_number(name) is not None
+    return name in (REPORT_NAME, MANIFEST_NAME, *HISTORY_FILES) or partition_number(name) is not None
 
 
 def resolved(path: Path) -> Path | None:

@@ -1,4 +1,4 @@
-"""What the listing says about each run date: status, label count, report, partitions, manifest.
+"""What the listing says about each run date: status, label count, changes, report, partitions, files.
 
 Reading is per store (:func:`local_folder`, :func:`object_folder`: which of our files a date folder
 holds, and its manifest's text); what the listing makes of that is one pure function (:func:`run_of`),
@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esl_operators.storage import MANIFEST_NAME, REPORT_NAME, SUCCESS_NAME, is_run_date, partition_number
-from esl_operators.web.files import StoreError, ViewRoot, fresh, inside, is_published_name, resolved, shown
+from esl_operators.web.files import (
+    HISTORY_FILES,
+    StoreError,
+    ViewRoot,
+    fresh,
+    inside,
+    is_published_name,
+    resolved,
+    shown,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -37,6 +46,10 @@ class Run:
     parts: list[tuple[str, str]]  # (file name, "1,234" or "" when the manifest does not say)
     report: bool
     manifest: bool
+    #: (new, gone) since the previous published date, from the manifest's history block ("–" unknown);
+    #: None when the manifest has none (written before issue 14, or no history kept).
+    changes: tuple[str, str] | None = None
+    history_files: tuple[str, ...] = ()  # the history files present, in HISTORY_FILES order
 
 
 @dataclass(frozen=True)
@@ -155,7 +168,15 @@ def run_of(ds: str, folder: Folder) -> Run:
         parts=[(name, _count(rows_by_file.get(name))) for name in parts],
         report=REPORT_NAME in folder.names,
         manifest=MANIFEST_NAME in folder.names,
+        changes=_changes(manifest.get("history")),
+        history_files=tuple(name for name in HISTORY_FILES if name in folder.names),
     )
+
+
+def _changes(history: Any) -> tuple[str, str] | None:
+    if not isinstance(history, dict):
+        return None
+    return (_count(history.get("new")) or "–", _count(history.get("gone")) or "–")
 
 
 def _count(value: Any) -> str:
