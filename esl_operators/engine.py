@@ -4,6 +4,9 @@ Each worker thread takes one server at a time and runs it to completion in its o
 loop, with its own ``aiohttp`` session and semaphore: the legacy script shared one loop across threads
 and crashed. Inside a server, stores run concurrently and the details of a page are fetched
 concurrently, all under the server's semaphore, while the next page is already being fetched.
+
+Just over 300 lines: the thread pool, the per-server loop and the error classification share one
+lifetime (a server's session, limiter and semaphore), which is easier to review in one module.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ The data deliberately contains the awkward cases seen on real servers (odd store
 mixed value types, missing keys, time-zone boundary timestamps) so clients are exercised
 against them. Longer than most modules: the store layout, the label generator and their
 checks are one set of rules that tests rely on together.
+
+Longer than most modules: the static fleet and the per-seed rules that the clock builds on stay
+together so that expected rows (tests/expected.py) have one source to be checked against.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""aiohttp application imitating the ESL-Working HTTP API v3 of one server, and fleet startup."""
+"""aiohttp application imitating the ESL-Working HTTP API v3 of one server, and fleet startup.
+
+Longer than most modules (about 460 lines): it imitates one whole HTTP API (every route, both
+envelope styles, fault injection hooks and fleet start-up); it serves tests, benchmarks and the
+demo, not exports.
+"""
 
 from __future__ import annotations
 
