@@ -19,6 +19,7 @@ import pytest
 from esl_operators.report import FleetStats, publish_report, render_report
 from esl_operators.report.history import LISTED, HistoryFileError, history_sections
 from esl_operators.storage import CHANGES_NAME, FORECAST_NAME, MANIFEST_NAME, SNAPSHOT_NAME, SUCCESS_NAME
+from tests.expected_history import CHANGES_HEADER, FORECAST_HEADER
 from tests.report_data import HOSTILE, Places, assert_inert
 
 SNAPSHOT_SCHEMA = pa.schema(
@@ -111,18 +112,8 @@ def run(tmp_path: Path) -> tuple[Path, Path]:
     publish_earlier(root, "2026-11-29", success=False)  # no _SUCCESS: not published
     staging = root / DS / ".staging-0123456789ab"
     write_snapshot(staging / SNAPSHOT_NAME, SNAPSHOTS[DS])
-    write_csv(staging / CHANGES_NAME, ["change", "esl_id", "server", "store", "previous", "current"], CHANGES)
-    header = [
-        "esl_id",
-        "server",
-        "store",
-        "battery",
-        "slope_per_day",
-        "days_left",
-        "forecast_date",
-        "observations",
-    ]
-    write_csv(staging / FORECAST_NAME, header, FORECAST)
+    write_csv(staging / CHANGES_NAME, CHANGES_HEADER, CHANGES)
+    write_csv(staging / FORECAST_NAME, FORECAST_HEADER, FORECAST)
     return root, staging
 
 
@@ -217,7 +208,7 @@ def test_the_window_is_the_history_days_param(run: tuple[Path, Path]) -> None:
 def test_lists_are_capped_and_link_the_file(run: tuple[Path, Path]) -> None:
     root, staging = run
     rows = [("new", f"n{i:02d}", A, "S1", "", "") for i in range(LISTED + 5)]
-    write_csv(staging / CHANGES_NAME, ["change", "esl_id", "server", "store", "previous", "current"], rows)
+    write_csv(staging / CHANGES_NAME, CHANGES_HEADER, rows)
     history = {**HISTORY[DS], "new": LISTED + 5, "gone": 0, "battery_drop": 0, "moved": 0}
     html = page(root, staging, manifest_of(DS, history))
     listed = Places(html).tables["since/New labels"]
