@@ -1,0 +1,91 @@
+"""Busy client (issue 11, target 5): the limiter must tell a loaded client machine from a busy server.
+
+Two servers whose capacity (32) is well above the ceiling (``--max-concurrency 8``), 20 ms latency,
+while CPU hogs (separate Python processes spinning, one per core of this machine, at most two) run
+beside the client for the whole scenario; they are started before the simulator and stopped by PID
+afterwards. Every latency the client sees above 20 ms is the machine's load, never the server
+queueing, so the adaptive limiter should climb to 8 and stay there: it should finish within 10% of
+``--no-adaptive-concurrency --max-concurrency 8``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from benchmarks.bench import Bench, Scenario, describe, ours
+from benchmarks.harness import PYTHON, FleetSpec
+from benchmarks.network import NETWORK_COLUMNS, check_rows, fleet_facts, floor_row
+from benchmarks.tables import find
+
+CEILING = 8
+FULL = FleetSpec(servers=2, stores=4, esls=1200, latency_ms=20, capacity=32, seed=5)
+QUICK = FleetSpec(servers=1, stores=2, esls=40, page_size=20, latency_ms=5, capacity=32, seed=5)
+ADAPTIVE = f"ours, adaptive, max {CEILING}"
+FIXED = f"ours, fixed {CEILING}"
+# A pure-Python busy loop: the load a neighbour (another job, a scan, a backup) puts on the machine.
+HOG = "while True: pass"
+
+
+def hog_count() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+@contextmanager
+def cpu_hogs(count: int) -> Iterator[list[int]]:
+    """``count`` spinning processes for the duration of the block, each stopped by its own PID."""
+    procs = [subprocess.Popen([PYTHON, "-c", HOG]) for _ in range(count)]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def run(bench: Bench) -> Scenario:
+    spec = bench.pick(FULL, QUICK)
+    ceiling = ("--max-concurrency", str(CEILING))
+    clients = [ours(ADAPTIVE, *ceiling), ours(FIXED, "--no-adaptive-concurrency", *ceiling)]
+    facts = fleet_facts(spec)
+    hogs = hog_count()
+    with cpu_hogs(hogs):
+        rows = bench.clients(spec, clients)
+    if facts is not None:
+        check_rows(rows, facts[1])
+        rows.append(floor_row(spec, facts[0], CEILING))
+    text = (
+        f"{describe(spec)} {hogs} CPU hog process(es) (`python -c '{HOG}'`) spin beside the client and "
+        f"the simulator for the whole scenario. Both clients have the ceiling {CEILING}; the floor "
+        f"uses concurrency {CEILING} and ignores the load."
+    )
+    return {
+        "title": "Busy client (CPU hogs beside a server with spare capacity)",
+        "description": text,
+        "spec": spec,
+        "columns": NETWORK_COLUMNS,
+        "expected_rows": facts[1] if facts else None,
+        "rows": rows,
+    }
+
+
+# --- target of issue 11, target 5 (a row of BENCHMARKS.md's targets table) ---------------------------
+
+
+def target_busy(s: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rows = s.get("busy", {}).get("rows", [])
+    adaptive, fixed = find(rows, ADAPTIVE), find(rows, FIXED)
+    if not adaptive or not fixed or not adaptive.get("wall_s") or not fixed.get("wall_s"):
+        return {"ratio": None, "measured": "not measured"}
+    ratio = adaptive["wall_s"] / fixed["wall_s"]
+    text = f"adaptive {adaptive['wall_s']:.2f} s, fixed {CEILING} {fixed['wall_s']:.2f} s (CPU hogs running)"
+    return {"ratio": ratio, "measured": text, "met": ratio <= 1.10, "format": "{:.2f}× fixed"}
+
+
+TARGETS = [
+    (f"Busy client: adaptive finishes within 10% of fixed max_concurrency ({CEILING})", target_busy),
+]
