@@ -170,8 +170,10 @@ class AdaptiveLimiter:
         # FIFO of waiting requests: a freed slot wakes exactly one of them, never all (with hundreds
         # of details queued per server, waking everyone on every release costs more than the HTTP).
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._baseline_s: float | None = None
-        self._recent_s: float | None = None
+        self._baseline_s: float | None = None  # lowest smoothed latency as measured, lag included
+        self._raw_s: float | None = None  # smoothed latency as measured
+        self._recent_s: float | None = None  # smoothed server's share (latency less the loop's lag)
+        self._cleared_s = 0.0  # a latency a probe found not to be the server's doing (0: none)
         self._window_done = 0  # completions since the limit last changed
         self._since_decrease = max_limit  # completions since the last decrease (first one: allowed)
         self._epoch = 0  # bumped on every change: which limit a request started under
@@ -257,10 +259,12 @@ class AdaptiveLimiter:
                 if probe.count >= probe.samples:
                     self._probe_step(probe)
             return
-        recent = own_s if self._recent_s is None else EWMA_WEIGHT * own_s + (1 - EWMA_WEIGHT) * self._recent_s
-        self._recent_s = recent
-        if self._baseline_s is None or recent < self._baseline_s:
-            self._baseline_s = recent
+        if self._recent_s is None or self._raw_s is None:
+            self._recent_s, self._raw_s, self._baseline_s = own_s, latency_s, latency_s
+        recent = self._recent_s = EWMA_WEIGHT * own_s + (1 - EWMA_WEIGHT) * self._recent_s
+        raw = self._raw_s = EWMA_WEIGHT * latency_s + (1 - EWMA_WEIGHT) * self._raw_s
+        if self._baseline_s is None or raw < self._baseline_s:
+            self._baseline_s = raw
         if self._rising(recent):
             # Not before a full window at this limit and since the last decrease; no increase meanwhile.
             if self._window_done >= self.limit and self._since_decrease >= self.limit:
@@ -273,7 +277,8 @@ class AdaptiveLimiter:
 
     def _rising(self, latency_s: float) -> bool:
         assert self._baseline_s is not None
-        return latency_s > self._baseline_s * LATENCY_TOLERANCE + LATENCY_SLACK_S
+        threshold = self._baseline_s * LATENCY_TOLERANCE + LATENCY_SLACK_S
+        return latency_s > max(threshold, self._cleared_s / PROBE_RATIO)
 
     def _probe_step(self, probe: _Probe) -> None:
         mean_s = probe.total_s / probe.count
@@ -297,7 +302,7 @@ class AdaptiveLimiter:
         said += f"{at_half_s * 1000:.0f} ms at {self.limit}"
         if cut:
             # Kept at the probe's limit, half the one before: the multiplicative decrease.
-            self._recent_s = at_half_s
+            self._recent_s, self._cleared_s = at_half_s, 0.0
             self._since_decrease, self._window_done = 0, 0
             if reason:
                 self.overload_cuts += 1
@@ -310,7 +315,7 @@ class AdaptiveLimiter:
         # Latency did not fall with concurrency: the client or the machine was slow, not the server.
         self.restored += 1
         self._recent_s = before_s
-        self._baseline_s = max(self._baseline_s or 0.0, at_half_s)
+        self._cleared_s = max(before_s, at_half_s)
         self._set(probe.from_limit, f"{said}: not the server, restored")
 
     def _decrease(self, target: int, reason: str) -> None:
@@ -322,6 +327,7 @@ class AdaptiveLimiter:
         self._set(max(self.min_limit, min(target, self.limit - 1)), reason)
         if self.limit < before:
             self.overload_cuts += 1
+            self._cleared_s = 0.0
 
     def _set(self, limit: int, reason: str) -> None:
         if limit == self.limit:

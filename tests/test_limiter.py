@@ -113,6 +113,9 @@ def test_the_same_load_without_the_lag_discount_is_a_probe_and_a_restore() -> No
     # the baseline took the slower latency: the same slowness sets off no second probe
     assert feed(limiter, OK, 0.120, 200) == [8] * 200
     assert limiter.restored == 1
+    # a server that then queues for real is still cut: 300 ms at 8, 150 ms at 4
+    limits = feed_model(limiter, lambda n: 0.0375 * n, 30, no_lag)
+    assert (limits, limiter.latency_cuts, limiter.restored) == ([8] * 10 + [4] * 20, 1, 1)
 
 
 def test_a_latency_blip_that_is_over_before_the_probe_changes_nothing() -> None:
