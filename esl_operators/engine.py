@@ -303,9 +303,10 @@ async def fetch_server(target: ServerTarget, settings: FetchSettings, sink: RowS
 
 
 # The servers in flight share at most MAX_LOOP_THREADS (settings) threads, each loop driving several
-# servers. Measured on 1,000 servers: 32 threads (one server each) spent about 1.4x the CPU per
-# request of a 4-server run, contending for the GIL; the same 32 servers on 4 loops about 1.1x. A
-# few loops, not one, so a loop busy converting a page does not stall every server.
+# servers. Measured on 1,000 servers, 64,000 requests (benchmarks/scenarios/fleet_scale.py): one
+# thread per server in flight (32) spent 21.5-25.3 CPU s, contending for the GIL; 4 loops 19.2; 4
+# servers with the same requests 15.6-19.1. A few loops, not one (21.5-27 CPU s, far slower): a loop
+# busy converting a page would stall every server.
 
 
 class _Queue:
@@ -350,7 +351,7 @@ async def _run_servers(
     await asyncio.gather(*(worker() for _ in range(slots)))
 
 
-def _run_server(
+def _run_loop(
     slots: int,
     queue: _Queue,
     targets: Sequence[ServerTarget],
@@ -396,7 +397,7 @@ def fetch_servers(
     outcomes: list[_Outcome | None] = [None] * len(targets)
     slots = loop_slots(min(max_threads, len(targets)))
     with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="esl-fetch") as pool:
-        loops = [pool.submit(_run_server, n, queue, targets, settings, sinks, outcomes) for n in slots]
+        loops = [pool.submit(_run_loop, n, queue, targets, settings, sinks, outcomes) for n in slots]
         for done in loops:
             done.result()  # a loop itself never fails; BaseException (KeyboardInterrupt) passes
     results: list[ServerResult] = []

@@ -94,6 +94,7 @@ def _csvs(folder: Path) -> dict[str, bytes]:
 def _one(
     bench: Bench,
     row: Row,
+    log_name: str,
     cmd: list[str],
     sim: Simulator,
     env: dict[str, str] | None,
@@ -135,10 +136,10 @@ def run(bench: Bench) -> Scenario:
         connect(env, sim.urls)
         named = [f"{name}={url}" for name, url in zip(names, sim.urls, strict=True)]
         cli = ours("", "--servers-per-batch", str(batch)).argv(named, out / "cli")
-        checks["standalone"] = _one(bench, cli_row, cli, sim, None, out / "cli", expected)
+        checks["standalone"] = _one(bench, cli_row, "standalone", cli, sim, None, out / "cli", expected)
         env["AIRFLOW_VAR_ESL_OUTPUT_ROOT"] = str(out / "dag")
         dag = [*AIRFLOW, "dags", "test", "esl_export", DATE, "-c", json.dumps({"servers_per_batch": batch})]
-        checks["dag"] = _one(bench, dag_row, dag, sim, env, out / "dag", expected)
+        checks["dag"] = _one(bench, dag_row, "dags-test", dag, sim, env, out / "dag", expected)
     both = checks["standalone"] and checks["dag"]
     checks["identical"] = both and _csvs(out / "cli") == _csvs(out / "dag")
     if both and not checks["identical"]:
