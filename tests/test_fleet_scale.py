@@ -7,6 +7,7 @@ in the engine, each failing alone.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import resource
@@ -140,7 +141,7 @@ class ThreadSink(ListSink):
     def write_rows(self, rows: Sequence[Sequence[str]]) -> None:
         server = rows[0][SERVER]
         if server == self.fail_on:
-            raise StorageError(f"cannot write the part of {server}: disk full")
+            raise StorageError("write", f"the part of {server}", OSError(errno.ENOSPC, "No space left"))
         self.threads.setdefault(server, set()).add(threading.current_thread().name)
         super().write_rows(rows)
 
@@ -180,7 +181,8 @@ def test_an_exception_escaping_one_server_is_raised_after_the_others_finish(
 ) -> None:
     targets = [ServerTarget(name=f"esl_sim_{k}", base_url=simulator.urls[k % 3]) for k in range(6)]
     sink = ThreadSink(fail_on="esl_sim_1")
-    with pytest.raises(StorageError, match=r"^cannot write the part of esl_sim_1: disk full$"):
+    refused = r"^cannot write the part of esl_sim_1: \[Errno 28\] No space left$"
+    with pytest.raises(StorageError, match=refused):
         fetch_servers(targets, fetch_settings(), sink, max_threads=6)  # loops of 2, 2, 1 and 1 servers
     # Every other server was still fetched to its end, on the loops the failing one shared.
     rows = Counter(r[SERVER] for r in sink.rows)
