@@ -34,6 +34,7 @@ from benchmarks.scenarios import (
     capacity,
     cpu_bound,
     end_to_end,
+    fleet_scale,
     latency_bound,
     memory,
 )
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
     "e2e": end_to_end.run,
     "bounded": bounded_memory.run,
     "busy": busy.run,
+    "fleet": fleet_scale.run,
 }
 
 
