@@ -35,6 +35,7 @@ from benchmarks.scenarios import (
     end_to_end,
     latency_bound,
     memory,
+    startup,
 )
 
 # The names are those of ``--scenarios`` and the keys BENCHMARKS.md's targets look scenarios up by.
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
     "aggregation": aggregation.run,
     "e2e": end_to_end.run,
     "bounded": bounded_memory.run,
+    "startup": startup.run,
 }
 
 
