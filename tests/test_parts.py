@@ -1,5 +1,6 @@
 """Part files written by ``PartWriter`` (rows gathered into record batches, Arrow arrays built from
-their buffers) read back by pyarrow exactly as written; and what importing the fetch path loads."""
+their buffers) read back by pyarrow exactly as written; what importing the fetch path loads; and the
+command's process, which skips the interpreter's teardown, still ends with its code and output."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 
 from esl_operators.parts import PART_SCHEMA, PartWriter, open_part, read_part
 from esl_operators.records import PART_COLUMNS
+from esl_operators.simulator import SimulatorThread
+from tests.support import DS
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH = len(PART_COLUMNS)
@@ -114,3 +117,25 @@ def test_writing_a_part_does_not_load_pandas(tmp_path: Path) -> None:
         "assert read_part(path).num_rows == 3"
     )
     assert _loaded(code) == ["pyarrow", "numpy"]
+
+
+def test_the_command_process_ends_with_its_code_and_all_its_output(
+    simulator: SimulatorThread, tmp_path: Path
+) -> None:
+    """``python -m esl_operators`` skips the interpreter's teardown (``os._exit``): its exit code,
+    its last stdout line and its last log line (written as the lease is released) still arrive."""
+    out = tmp_path / "out"
+    servers = [arg for url in simulator.urls for arg in ("--server", url)]
+    cmd = [sys.executable, "-m", "esl_operators", "fetch", *servers, "--date", DS, "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = out / DS / "_manifest.json"
+    assert done.stdout.splitlines()[-1] == f"{manifest}\terrors: 0"
+    assert json.loads(manifest.read_text(encoding="utf-8"))["errors"] == []
+    assert f"INFO {out / DS}: lease released by esl-export fetch " in done.stderr.splitlines()[-1]
+    failed = subprocess.run(
+        [*cmd[:-2], "--out", str(tmp_path / "other"), "--max-concurrency", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert failed.returncode == 2
+    assert "--max-concurrency" in failed.stderr.splitlines()[-1]
