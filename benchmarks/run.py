@@ -37,6 +37,7 @@ from benchmarks.scenarios import (
     fleet_scale,
     latency_bound,
     memory,
+    startup,
 )
 
 # The names are those of ``--scenarios`` and the keys BENCHMARKS.md's targets look scenarios up by.
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
     "aggregation": aggregation.run,
     "e2e": end_to_end.run,
     "bounded": bounded_memory.run,
+    "startup": startup.run,
     "busy": busy.run,
     "fleet": fleet_scale.run,
 }

@@ -18,6 +18,7 @@ COLUMNS = (
     ("peak_rss_mb", "peak RSS MB"),
     ("rows", "rows"),
     ("overloaded", "503s"),
+    ("first_request_s", "first request s"),
 )
 
 
@@ -67,7 +68,7 @@ def _cell(key: str, value: Any) -> str:
         return f"{round(value):,}"
     if key in ("req_per_s", "peak_rss_mb"):
         return f"{value:,.0f}"
-    if key in ("cpu_per_1000",):
+    if key in ("cpu_per_1000", "first_request_s"):
         return f"{value:.3f}"
     return f"{value:,.2f}"
 

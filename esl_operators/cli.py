@@ -17,23 +17,20 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import NoReturn
-
-import aiohttp
+from typing import TYPE_CHECKING, NoReturn
 
 from esl_operators import __version__, install
-from esl_operators.aggregate import aggregate_run
-from esl_operators.batch import error_summary, run_batches
-from esl_operators.client import ServerTarget
-from esl_operators.config import split_batches
-from esl_operators.engine import FetchSettings, make_settings
 from esl_operators.exceptions import ConfigError, EslError
-from esl_operators.lease import Lease, command_holder
-from esl_operators.publish import remove_stale_stagings
-from esl_operators.records import heartbeat_cutoff_ms
-from esl_operators.redaction import split_credentials
 from esl_operators.settings import add_cli_options, for_task
-from esl_operators.storage import as_local_root, run_dir
+
+if TYPE_CHECKING:
+    from esl_operators.client import ServerTarget
+    from esl_operators.engine import FetchSettings
+
+# Imports are deferred to where they are needed (issue 11, target 3): the fetch path (aiohttp, the
+# engine) inside ``fetch``, the aggregate step (pyarrow, numpy) after the fetch; ``--help`` and
+# ``install-dag`` load neither, and ``import esl_operators.cli`` loads no pyarrow, numpy or pandas
+# (tests/test_cli_imports.py).
 
 log = logging.getLogger("esl_operators")
 # A bastion host is not an Airflow cluster: however many batches, at most this many servers at once.
@@ -47,6 +44,11 @@ _NAMED_SERVER = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*)=(.*)", re.DOTALL)
 def target_from_url(url: str) -> ServerTarget:
     """A server given as a URL, or as ``NAME=URL`` (rows then name it NAME, as the DAG names a server
     by its connection id); ``user:password@`` becomes basic auth and leaves the name."""
+    import aiohttp
+
+    from esl_operators.client import ServerTarget
+    from esl_operators.redaction import split_credentials
+
     named = _NAMED_SERVER.fullmatch(url)
     name, url = (named.group(1), named.group(2)) if named else (None, url)
     clean, credentials = split_credentials(url)
@@ -101,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def fetch(args: argparse.Namespace) -> int:
+    from esl_operators.config import split_batches
+    from esl_operators.engine import make_settings
+    from esl_operators.lease import Lease, command_holder
+    from esl_operators.publish import remove_stale_stagings
+    from esl_operators.records import heartbeat_cutoff_ms
+    from esl_operators.storage import as_local_root, run_dir
+
     anchor = datetime(args.date.year, args.date.month, args.date.day, tzinfo=UTC)
     ds = anchor.strftime("%Y-%m-%d")
     root = as_local_root(args.output_root)
@@ -135,6 +144,8 @@ def _fetch_and_publish(
     threads: int,
     on_error: str,
 ) -> int:
+    from esl_operators.batch import error_summary, run_batches
+
     manifests = run_batches(batches, settings, output_root=root, ds=ds, anchor=anchor, max_threads=threads)
     for manifest in manifests:
         log.info("batch %d: %d rows, %d errors", manifest["batch"], manifest["rows"], len(manifest["errors"]))
@@ -147,6 +158,8 @@ def _fetch_and_publish(
     params = {k: v for k, v in vars(args).items() if k != "command"}
     # The manifest records what was asked, but never credentials given in a server URL.
     params.update(date=ds, server=[_asked(t) for t in targets.values()], output_root=str(root))
+    from esl_operators.aggregate import aggregate_run  # pyarrow and numpy: only once the fetch is done
+
     aggregate_options = {
         s.name: getattr(args, s.name) for s in for_task("aggregate") if s.name != "output_root"
     }

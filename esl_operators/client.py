@@ -166,9 +166,10 @@ class EslClient:
         self._rng = rng or random.Random()
         self._base = target.base_url.rstrip("/")
         # aiohttp deprecates auth=; the header carries the same credentials and is never logged.
-        self._headers = dict(target.headers)
+        headers = dict(target.headers)
         if target.auth is not None:
-            self._headers["Authorization"] = target.auth.encode()
+            headers["Authorization"] = target.auth.encode()
+        self._headers = headers or None  # no per-request header merge when there is nothing to add
         self.requests = 0
         self.retries = 0
 
@@ -203,8 +204,10 @@ class EslClient:
             try:
                 async with self._session.get(url, headers=self._headers, timeout=self._timeout) as response:
                     status = response.status
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     body = await self._read_capped(response, what)
+                    retried = status == 429 or status >= 500
+                    # Read only from an answer that will be retried: a 200 needs no Retry-After.
+                    retry_header = response.headers.get("Retry-After") if retried else None
             except TimeoutError:
                 outcome.overloaded, outcome.reason = True, "timeout"
                 raise RetryableError(self.server, what, "request timed out") from None
@@ -215,6 +218,12 @@ class EslClient:
             outcome.answered = True
             outcome.overloaded = status in OVERLOAD_STATUSES
             outcome.reason = f"HTTP {status}"
+        if status == 200:
+            try:
+                payload = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise RetryableError(self.server, what, f"body is not valid JSON: {_snippet(body)}") from None
+            return unwrap(payload, self.server, what)
         if status in (401, 403):
             raise AuthError(
                 self.server,
@@ -224,27 +233,26 @@ class EslClient:
             )
         if status == 404:
             raise NotFoundError(self.server, what, f"HTTP 404: {_snippet(body)}", status=status)
-        if status == 429 or status >= 500:
+        if retried:
             raise RetryableError(
                 self.server,
                 what,
                 f"HTTP {status}: {_snippet(body)}",
                 status=status,
-                retry_after_s=retry_after,
+                retry_after_s=parse_retry_after(retry_header),
             )
-        if status != 200:
-            raise EslApiError(self.server, what, f"HTTP {status}: {_snippet(body)}", status=status)
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RetryableError(self.server, what, f"body is not valid JSON: {_snippet(body)}") from None
-        return unwrap(payload, self.server, what)
+        raise EslApiError(self.server, what, f"HTTP {status}: {_snippet(body)}", status=status)
 
     async def _read_capped(self, response: aiohttp.ClientResponse, what: str) -> bytes:
         cap = self._transport.max_body_bytes
         announced = response.content_length
-        if announced is not None and announced > cap:
-            raise EslApiError(self.server, what, f"response of {announced} bytes exceeds the {cap}-byte cap")
+        if announced is not None:
+            if announced > cap:
+                raise EslApiError(
+                    self.server, what, f"response of {announced} bytes exceeds the {cap}-byte cap"
+                )
+            # A known length within the cap: one read (the parser stops at Content-Length bytes).
+            return await response.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(64 * 1024):

@@ -15,10 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from esl_operators.client import EslClient, Page, ServerTarget, segment, unwrap
+from esl_operators.client import EslClient, Page, ServerTarget, TransportSettings, segment, unwrap
 from esl_operators.exceptions import EnvelopeError, EslApiError
 from esl_operators.limiter import AdaptiveLimiter
 from esl_operators.pagination import iter_pages
+from esl_operators.retry import RetryPolicy
 from esl_operators.simulator import DEFAULT_STORE, Fleet, SimulatorThread, envelope
 from tests.support import BASIC_AUTH_WARNINGS, fast_transport, serve, sim_target
 
@@ -391,3 +392,28 @@ def test_users_entries_without_store_code_are_rejected() -> None:
 
     error = asyncio.run(main())
     assert str(error) == "odd: list stores: entry without a store code: {'name': 'nameless'}"
+
+
+def test_retry_after_of_a_retried_answer_is_honoured() -> None:
+    """The client reads ``Retry-After`` only from answers it retries; there it still waits for it
+    (backoff off, so the wait between the two requests the server saw is the header's alone)."""
+    seen: list[float] = []
+
+    async def users(request: web.Request) -> web.Response:
+        seen.append(asyncio.get_running_loop().time())
+        if len(seen) == 1:
+            return web.Response(status=503, text="busy", headers={"Retry-After": "0.4"})
+        return web.json_response(envelope(1, [{"user": "S1"}]), headers={"Retry-After": "30"})
+
+    async def main() -> list[str]:
+        app = web.Application()
+        app.router.add_get("/api3/users", users)
+        transport = TransportSettings(retry=RetryPolicy(attempts=2, base_delay_s=0, max_delay_s=0))
+        async with serve(app) as url, aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            limiter = AdaptiveLimiter(1, adaptive=False)
+            client = EslClient(session, ServerTarget("busy", url), limiter, transport=transport)
+            return await asyncio.wait_for(client.list_stores(), timeout=30)
+
+    assert asyncio.run(main()) == ["S1"]
+    assert len(seen) == 2
+    assert seen[1] - seen[0] >= 0.4
