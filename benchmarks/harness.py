@@ -6,7 +6,10 @@
   servers) before and after the run, so retries and refused (503) requests count as well.
 * **CPU** and **peak RSS**: ``os.wait4`` on the client's pid returns its own ``rusage``:
   ``ru_utime + ru_stime`` and ``ru_maxrss`` (KiB on Linux) of that process alone, never of the
-  simulator or the harness.
+  simulator or the harness. The client is started by ``benchmarks/launcher.py`` (a stdlib-only
+  interpreter of about 10 MB) which does that ``wait4``: Linux carries the peak RSS of the process
+  that forked a client across ``exec``, so a client spawned by the harness itself (about 95 MB
+  with aiohttp and pyarrow loaded) never showed less than the harness's size.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from esl_operators.simulator.process import read_lines as _read_lines
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+LAUNCHER = Path(__file__).resolve().with_name("launcher.py")
 SIM_START_TIMEOUT_S = 300.0  # building a 200k-label fleet takes a while on a slow machine
 STOP_TIMEOUT_S = 10.0
 
@@ -70,6 +74,7 @@ class Measurement:
     requests: int | None = None
     overloaded: int | None = None
     log_tail: str = ""
+    spawned_at: float | None = None  # time.monotonic() just before the client's fork (launcher)
 
     @property
     def ok(self) -> bool:
@@ -164,15 +169,22 @@ def measure(
 ) -> Measurement:
     """Run ``cmd`` (cwd = repository) to completion and measure it; see the module docstring."""
     before = simulator.counters() if simulator else None
+    usage_path = log_path.with_suffix(".rusage.json")
+    usage_path.unlink(missing_ok=True)
     started = time.perf_counter()
     with log_path.open("wb") as log:
         # Own session: on timeout the whole group is killed, grandchildren included.
         proc = subprocess.Popen(
-            list(cmd), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            [PYTHON, "-I", "-S", str(LAUNCHER), str(usage_path), *cmd],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     watchdog = _Watchdog(proc.pid, timeout_s)
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
     except BaseException:
         # Interrupted (Ctrl-C): never leave the client running behind us.
         os.killpg(proc.pid, signal.SIGKILL)
@@ -182,11 +194,17 @@ def measure(
         watchdog.cancel()
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
+    try:
+        usage = json.loads(usage_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        # The launcher itself was killed (the watchdog) before it could say: no client numbers.
+        usage = {"cpu_s": 0.0, "peak_rss_kib": 0, "exit_code": proc.returncode or -9}
     result = Measurement(
         wall_s=wall,
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss / 1024,
-        exit_code=proc.returncode,
+        cpu_s=float(usage["cpu_s"]),
+        peak_rss_mb=int(usage["peak_rss_kib"]) / 1024,
+        exit_code=int(usage["exit_code"]),
+        spawned_at=usage.get("spawned_at"),
     )
     if simulator is not None and before is not None:
         after = simulator.counters()

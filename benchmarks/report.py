@@ -23,7 +23,10 @@ How each number is measured (`benchmarks/harness.py`):
   run; retries and refused (503) requests count too. The simulator runs in a separate process.
 * **CPU s**: `ru_utime + ru_stime` of the client process, from `os.wait4` on its pid (never the
   simulator's or the harness's CPU); **CPU s / 1000 req** = CPU s / requests × 1000.
-* **peak RSS MB**: `ru_maxrss` of the same `os.wait4` (the client process alone).
+* **peak RSS MB**: `ru_maxrss` of the same `os.wait4` (the client process alone). The `wait4` is
+  done by `benchmarks/launcher.py`, a stdlib-only interpreter (about 10 MB) that forks the client:
+  Linux carries the forking process's peak RSS across `exec`, so clients spawned by the runner
+  itself (about 95 MB) never showed less than the runner's size (until 2026-12-02).
 * **rows**: data rows of the CSVs the client wrote, counted with `csv.reader` (for our fetch step
   alone: the `rows` of its batch manifests, as its part file is an intermediate format).
 * Medians over the successful repetitions (repetitions are interleaved across clients);

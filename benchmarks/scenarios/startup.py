@@ -9,10 +9,10 @@ first request, what importing the command costs, and what parsing the DAG file l
   publishes an empty date (wall and CPU are those of that whole short run). Median of
   several runs, the bare legacy-structure client (aiohttp only, ``benchmarks/legacy.py``) beside it.
 * **imports**: ``python -c 'import X'`` for the command's module and, for scale, aiohttp alone and
-  the bare interpreter; the note lists which heavy modules the import loaded. Their peak RSS is the
-  child's own ``VmHWM`` (``/proc/self/status``): ``ru_maxrss`` of a child also counts the memory of
-  the process that forked it (the benchmark runner, about 100 MB with pyarrow loaded), so the
-  first-request rows, short runs, show no peak RSS.
+  the bare interpreter; the note lists which heavy modules the import loaded, and its peak RSS is
+  the child's own ``VmHWM`` (``/proc/self/status``), which agrees with the launcher's
+  ``ru_maxrss`` (``benchmarks/launcher.py``: a client spawned by the runner itself would count the
+  runner's 100 MB too).
 * **DAG file parse**: ``dags/esl_export.py`` run as the dag-processor would import it (Airflow
   itself included); it must load none of pandas, pyarrow, numpy, aiohttp or tqdm.
 """
@@ -108,6 +108,9 @@ def _first_requests(bench: Bench, label: str, prefix: Sequence[str], runs: int) 
             spawned = time.monotonic()
             run = measure(cmd, log_path=bench.log("startup"), timeout_s=120)
             measured.append(run)
+            # The launcher's clock, just before the client's fork, when it said (the launcher's own
+            # start is not the client's); the harness's spawn time otherwise.
+            spawned = run.spawned_at or spawned
             if run.ok and arrivals:
                 latencies.append(arrivals[0] - spawned)
             first = _seconds(arrivals, spawned)
