@@ -33,6 +33,7 @@ from benchmarks.scenarios import (
     capacity,
     cpu_bound,
     end_to_end,
+    floor,
     latency_bound,
     memory,
 )
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
     "aggregation": aggregation.run,
     "e2e": end_to_end.run,
     "bounded": bounded_memory.run,
+    "floor": floor.run,
 }
 
 

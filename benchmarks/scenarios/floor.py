@@ -1,0 +1,230 @@
+"""Latency-bound against the practical floor (issue 11, target 4): ours next to ApacheBench.
+
+4 servers, 20 ms latency, capacity 8; ours with ``--max-concurrency 8``. The **floor** is
+``ab -k -c 8`` (Debian ``apache2-utils``, a C load generator with keep-alive), one process per server,
+all started at once against the same simulator process, each sending its server exactly the number
+of requests our run just sent it (the simulator's ``GET /_stats`` per server, before and after our
+run); its wall is from the first start to the last exit. ab asks for one label's detail over and over
+(``/api3/esls/{id}`` of a real label): it costs the simulator the same 20 ms and a capacity slot as
+every other path, and it is what almost all of our requests are. Repetitions are interleaved: our
+runs, then ab with the counts of our run of that repetition.
+
+Which of our runs: ``--max-concurrency 8`` with every other option at its default
+(``--servers-per-batch 1 --max-threads 3``) already fetches all 4 servers at once (4 batches of 1
+server, a thread each: the standalone command sums the batches' threads), so it is the target's run;
+the one-batch run (``--servers-per-batch 4 --max-threads 4``: one part file instead of four) is the
+same concurrency, shown beside it. Both adapt their concurrency (the default); ``computed`` is
+``requests / (servers × min(capacity, C) / latency)``, the wall no client with C in flight can beat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from benchmarks.bench import DATE, RUN_TIMEOUT_S, Bench, Client, Scenario, describe, ours
+from benchmarks.harness import REPO, FleetSpec, Measurement, Simulator, count_rows, measure
+from benchmarks.network import NETWORK_COLUMNS, check_rows, fleet_facts, floor_row
+from benchmarks.tables import Row, find
+
+CONCURRENCY = 8
+# 3,000 labels per server: about 12,000 requests, a floor of about 7.5 s, so our fixed costs
+# (interpreter start, imports, aggregation) weigh what they would in a real run of a few seconds.
+FULL = FleetSpec(servers=4, stores=6, esls=3000, latency_ms=20, capacity=8, seed=1)
+QUICK = FleetSpec(servers=2, stores=3, esls=60, page_size=20, latency_ms=5, capacity=8, seed=1)
+AB_LABEL = f"ab -k -c {CONCURRENCY}, one per server, our run's requests (the floor)"
+OURS_LABEL = f"ours, --max-concurrency {CONCURRENCY} (other options default)"
+ONE_BATCH_LABEL = f"ours, --max-concurrency {CONCURRENCY}, one batch"
+COMPUTED_LABEL = "floor (computed)"
+TARGET = 0.90
+
+
+@dataclass
+class _Exit:
+    at: float = 0.0
+    status: int = 0
+    cpu_s: float = 0.0
+    rss_mb: float = 0.0
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)["data"]
+
+
+def detail_path(url: str) -> str:
+    """The detail path of the first label of the server's first store that has one (the ab target)."""
+    for entry in _get(f"{url}/api3/users"):
+        if entry["user"] != "default":
+            esls = _get(f"{url}/api3/{quote(entry['user'], safe='')}/esls/page/1")["esls"]
+            if esls:
+                return f"/api3/esls/{quote(esls[0]['esl_id'], safe='')}"
+    raise RuntimeError(f"{url}: no store has a label, nothing for ab to ask for")
+
+
+def _requests(sim: Simulator, before: list[dict[str, int]]) -> tuple[list[int], int]:
+    after = sim.counters_per_server()
+    sent = [a["total"] - b["total"] for a, b in zip(after, before, strict=True)]
+    return sent, sum(a["overloaded"] - b["overloaded"] for a, b in zip(after, before, strict=True))
+
+
+def _ours(bench: Bench, sim: Simulator, client: Client) -> tuple[Measurement, list[int]]:
+    """One run of ours, with the requests it sent each server."""
+    out = bench.work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    before = sim.counters_per_server()
+    run = measure(client.argv(sim.urls, out), log_path=bench.log("client"), timeout_s=RUN_TIMEOUT_S)
+    sent, run.overloaded = _requests(sim, before)
+    run.requests = sum(sent)
+    if run.ok:
+        run.rows = count_rows(out, client.rows_glob)
+    return run, sent
+
+
+def ab_floor(ab: str, sim: Simulator, paths: list[str], sent: list[int], log: Path) -> Measurement:
+    """One ``ab -k -c C`` per server, all at once; wall from the first start to the last exit.
+
+    CPU is the sum of the ab processes', peak RSS the largest of them (each from ``os.wait4``).
+    """
+    before = sim.counters_per_server()
+    jobs = [(url + path, n) for url, path, n in zip(sim.urls, paths, sent, strict=True) if n > 0]
+    exits = [_Exit() for _ in jobs]
+    with log.open("wb") as out:
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [ab, "-k", "-q", "-c", str(min(CONCURRENCY, n)), "-n", str(n), url],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for url, n in jobs
+        ]
+        # One reaper per process, so each exit time is taken when it happens, not when we get to it.
+        reapers = [threading.Thread(target=_reap, args=(p.pid, e)) for p, e in zip(procs, exits, strict=True)]
+        for reaper in reapers:
+            reaper.start()
+        deadline = started + RUN_TIMEOUT_S
+        for reaper in reapers:
+            reaper.join(max(0.0, deadline - time.perf_counter()))
+        timed_out = any(r.is_alive() for r in reapers)
+        if timed_out:
+            for proc in procs:
+                _kill(proc.pid)
+            for reaper in reapers:
+                reaper.join()
+    text = log.read_text(encoding="utf-8", errors="replace")
+    failed = [int(n) for n in re.findall(r"^(?:Failed requests|Non-2xx responses):\s+(\d+)", text, re.M)]
+    status = 124 if timed_out else max((e.status for e in exits), default=0) or (1 if any(failed) else 0)
+    run = Measurement(
+        wall_s=max((e.at for e in exits), default=started) - started,
+        cpu_s=sum(e.cpu_s for e in exits),
+        peak_rss_mb=max((e.rss_mb for e in exits), default=0.0),
+        exit_code=status,
+    )
+    ab_sent, run.overloaded = _requests(sim, before)
+    run.requests = sum(ab_sent)
+    if status:
+        run.log_tail = f"ab failed: exits {[e.status for e in exits]}, failed/non-2xx {failed}"
+    elif ab_sent != sent:
+        run.exit_code, run.log_tail = 1, f"ab sent {ab_sent}, not our run's {sent}"
+    return run
+
+
+def _reap(pid: int, into: _Exit) -> None:
+    _, status, usage = os.wait4(pid, 0)
+    into.at = time.perf_counter()
+    into.status = os.waitstatus_to_exitcode(status)
+    into.cpu_s = usage.ru_utime + usage.ru_stime
+    into.rss_mb = usage.ru_maxrss / 1024
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return  # it ended on its own in the meantime
+
+
+def run(bench: Bench) -> Scenario:
+    spec = bench.pick(FULL, QUICK)
+    n = str(spec.servers)
+    base = ("--max-concurrency", str(CONCURRENCY))
+    one_batch = f"{ONE_BATCH_LABEL} (--servers-per-batch {n} --max-threads {n})"
+    clients = [ours(OURS_LABEL, *base), ours(one_batch, *base, "--servers-per-batch", n, "--max-threads", n)]
+    rows = {c.label: Row(c.label) for c in clients}
+    ab = shutil.which("ab")
+    floor = Row(AB_LABEL, note="" if ab else "not measured: `ab` (Debian apache2-utils) is not installed")
+    with Simulator(spec, DATE, bench.log("simulator")) as sim:
+        paths = [detail_path(url) for url in sim.urls]
+        for rep in range(bench.reps):
+            sent: list[int] = []
+            for client in clients:
+                measured, per_server = _ours(bench, sim, client)
+                rows[client.label].runs.append(measured)
+                sent = sent or per_server  # ab repeats the target's run (the first client)
+                bench.say(f"  {client.label} #{rep + 1}: {_brief(measured)}, per server {per_server}")
+            if ab:
+                measured = ab_floor(ab, sim, paths, sent, bench.log("ab"))
+                floor.runs.append(measured)
+                bench.say(f"  ab #{rep + 1}: {_brief(measured)}")
+    facts = fleet_facts(spec)
+    ours_rows = list(rows.values())
+    if facts is not None:
+        check_rows(ours_rows, facts[1])
+    target = ours_rows[0].summary()
+    computed = floor_row(spec, int(target["requests"] or 0), concurrency=CONCURRENCY)
+    computed.label = COMPUTED_LABEL
+    return {
+        "title": "Latency-bound against the ab floor (issue 11, target 4)",
+        "description": describe(spec) + "\n\n" + (__doc__ or "").split("\n\n", 1)[1].strip(),
+        "spec": spec,
+        "columns": NETWORK_COLUMNS,
+        "expected_rows": facts[1] if facts else None,
+        "rows": [floor, *ours_rows, computed],
+    }
+
+
+def _brief(run: Measurement) -> str:
+    text = f"{run.wall_s:.2f} s, {run.cpu_s:.2f} CPU s, {run.requests} requests"
+    return text if run.ok else f"{text}, FAILED exit {run.exit_code}: {run.log_tail}"
+
+
+# --- target of issue 11, target 4 (a row of BENCHMARKS.md's targets table) ---------------------------
+
+
+def target_floor(s: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rows = s.get("floor", {}).get("rows", [])
+    ab, ours_row, one, computed = (
+        find(rows, label) for label in (AB_LABEL, OURS_LABEL, ONE_BATCH_LABEL, "floor")
+    )
+    if ab is None or not ab.get("wall_s"):
+        note = ab["note"] if ab and ab.get("note") else "not measured"
+        return {"ratio": None, "measured": note}
+    if ours_row is None or not ours_row.get("wall_s"):
+        return {"ratio": None, "measured": "not measured (our run failed, see the table)"}
+    ratio = ab["wall_s"] / ours_row["wall_s"]
+    text = f"ab {ab['wall_s']:.2f} s / ours {ours_row['wall_s']:.2f} s ({ab['requests']:,.0f} requests)"
+    if one and one.get("wall_s"):
+        text += f"; one batch: {ab['wall_s'] / one['wall_s']:.0%}"
+    if computed and computed.get("wall_s"):
+        text += f"; computed floor {computed['wall_s']:.2f} s ({computed['note']}), ab at "
+        text += f"{computed['wall_s'] / ab['wall_s']:.0%} of it"
+    return {"ratio": ratio, "measured": text, "met": ratio >= TARGET, "format": "{:.0%} of ab"}
+
+
+TARGETS = [
+    (f"Latency-bound: at least {TARGET:.2f} of the `ab -k -c C` floor", target_floor),
+]
