@@ -42,6 +42,42 @@ from benchmarks.harness import REPO, FleetSpec, Measurement, Simulator, count_ro
 from benchmarks.network import NETWORK_COLUMNS, check_rows, fleet_facts, floor_row
 from benchmarks.tables import Row, find
 
+FINDINGS = """\
+**Where our wall goes** (the note on our row: medians from our own log lines). Three parts: start
+to the first store list (interpreter, imports, the lease, the users call; issue 11 target 3 works on
+the imports), the fetch, and after it (aggregation of 4 small partitions about 0.25 s, then about
+0.2-0.5 s of interpreter teardown after the lease is released: `python -c "import pandas, pyarrow"`
+alone takes that long to exit on this machine; ending the command with `os._exit` once its output
+is flushed would save it, not done here: it belongs to the entry point, `cli.py`). ab's floor is
+itself above the computed one: the simulator is one Python process, and on 2 shared cores it is
+the bottleneck, so every CPU-second the client spends is taken from it.
+
+**What was measured by hand** (2026-12-02, this machine shared with other sessions, load 4-9;
+medians of 3-4 interleaved runs; single runs vary by ±20%):
+
+* Pages in flight: a store's details went out one page at a time, so a store paged alone (one
+  store holds 65-80% of the labels of each server here) left most of the 8 slots idle for the last
+  round trip of every page. Now the next page's details queue up while the current page's finish
+  (`PAGES_IN_FLIGHT = 2` in `engine.py`; the outcome is that of walking page by page). One server,
+  in process, simulator's `in_flight` sampled every 4 ms: mean 6.53 in flight against 6.01 before,
+  fetch 10.73 s against 11.67 s; 3 pages: 6.66, 10.54 s (within noise, not taken). The whole
+  command, 4 interleaved pairs with ab, load 4-6: 12.29 s against 13.09 s (faster in 4 of 4; fetch
+  phase 10.87 against 11.78 s; ab 10.07 s: 82% of ab against 77%), same CPU (4.18 against 4.23 s);
+  4 pairs run beside a test suite (load about 9) came out the other way in 3 of 4.
+* One worker coroutine per slot pulling ids from a per-server queue, instead of a task per detail:
+  no gain (in process, latency 0: 175 against 171 µs CPU per request; latency 20 ms, 4 servers:
+  3.12 against 3.14 CPU s, wall within noise); not taken. A cookie-less session: no gain either.
+* The adaptive limiter (default) drops servers to 1-4 in flight several times a run here (the
+  simulator's latency rises when it saturates); `--no-adaptive-concurrency` was not faster (15.72
+  against 15.82 s, 16.66 against 15.99 s): the loss is elsewhere.
+* A thread and an event loop per server (`fetch_servers`) against all 4 servers in one loop, in
+  process: 14.2 against 12.9 s once, 13.8 against 14.7 s with a 0.5 ms GIL switch interval:
+  inconclusive here. Bare aiohttp (8 workers, one server, no engine): 4-10% behind ab; our engine
+  in one loop, 4 servers: within 3% of bare aiohttp (3 runs each). So the fetch itself is near
+  what aiohttp can do; the gap to ab is the client's CPU next to a CPU-bound simulator, and the
+  fixed costs.
+"""
+
 CONCURRENCY = 8
 # 3,000 labels per server: about 12,000 requests, a floor of about 7.5 s, so our fixed costs
 # (interpreter start, imports, aggregation) weigh what they would in a real run of a few seconds.
@@ -223,7 +259,11 @@ def run(bench: Bench) -> Scenario:
     computed.label = COMPUTED_LABEL
     return {
         "title": "Latency-bound against the ab floor (issue 11, target 4)",
-        "description": describe(spec) + "\n\n" + (__doc__ or "").split("\n\n", 1)[1].strip(),
+        "description": describe(spec)
+        + "\n\n"
+        + (__doc__ or "").split("\n\n", 1)[1].strip()
+        + "\n\n"
+        + FINDINGS,
         "spec": spec,
         "columns": NETWORK_COLUMNS,
         "expected_rows": facts[1] if facts else None,
