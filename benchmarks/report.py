@@ -8,7 +8,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from benchmarks.scenarios import bounded_memory, floor
+from benchmarks.scenarios import bounded_memory, busy, floor
 from benchmarks.tables import find, markdown_table
 
 Summaries = dict[str, dict[str, Any]]
@@ -162,6 +162,7 @@ TARGETS: list[tuple[str, Callable[[Summaries], dict[str, Any]]]] = [
     ("Capacity-limited: adaptive concurrency beats fixed 1 and fixed 16", _target_adaptive),
     *bounded_memory.TARGETS,  # issue 11, target 1
     *floor.TARGETS,  # issue 11, target 4
+    *busy.TARGETS,  # issue 11, target 5
 ]
 
 

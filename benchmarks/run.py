@@ -30,6 +30,7 @@ from benchmarks.report import render
 from benchmarks.scenarios import (
     aggregation,
     bounded_memory,
+    busy,
     capacity,
     cpu_bound,
     end_to_end,
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
     "e2e": end_to_end.run,
     "bounded": bounded_memory.run,
     "floor": floor.run,
+    "busy": busy.run,
 }
 
 

@@ -354,6 +354,7 @@ async def fetch_server(target: ServerTarget, settings: FetchSettings, sink: RowS
         if client is not None:
             result.requests, result.retries = client.requests, client.retries
         result.concurrency, result.concurrency_changes = limiter.limit, limiter.changes
+        limiter.close()  # stops its lag timer; its one INFO line about the server
     return result
 
 

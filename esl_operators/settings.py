@@ -267,8 +267,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "adaptive_concurrency", "boolean", True, "Adapt concurrency per server",
         "Start each server at 1 request in flight and adapt up to max_concurrency: grow while latency "
-        "stays near its baseline, back off on 429/503, timeouts and rising latency. Off: every server "
-        "gets max_concurrency from the start.",
+        "stays near its baseline, halve on 429/503 and timeouts, and cut on rising latency only when it "
+        "falls with concurrency (the client's own event-loop lag discounted: a busy client is not a "
+        "busy server). Off: every server gets max_concurrency from the start.",
         tasks=("fetch",),
     ),
     Setting(
