@@ -46,9 +46,11 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 2_000
 # Left-out labels are always counted; only this many per store are listed by id in a manifest.
 MAX_LISTED = 100
-# Details of this many pages of a store are on the wire at once: the next page's queue up while the
-# current page's finish, so a store paged alone (the others done) keeps its server's limit busy across
-# page ends; one page at a time left most slots idle for the last round trip of every page.
+# Details of this many pages of a store are on the wire at once once it is the last store of its
+# server still walking: its next page's details queue up while the current page's finish, so the
+# server's limit stays busy across page ends (one page at a time left most slots idle for the last
+# round trip of every page). While other stores walk, their pages fill those slots and one page at a
+# time is kept: a deeper queue cost about 5% more CPU per request when CPU-bound (measured).
 PAGES_IN_FLIGHT = 2
 
 
@@ -213,6 +215,13 @@ class _PageInFlight:
     details: asyncio.Task[list[Any]]
 
 
+@dataclass
+class _Walking:
+    """How many stores of a server are still walking their pages (one event loop: no lock)."""
+
+    stores: int
+
+
 def _start_details(client: EslClient, page: Page, walked: int) -> _PageInFlight:
     ids: list[str] = []
     rejected: list[tuple[str, str]] = []
@@ -226,9 +235,15 @@ def _start_details(client: EslClient, page: Page, walked: int) -> _PageInFlight:
 
 
 async def _fetch_store(
-    client: EslClient, store: str, settings: FetchSettings, sink: RowSink, progress: Progress
+    client: EslClient,
+    store: str,
+    settings: FetchSettings,
+    sink: RowSink,
+    progress: Progress,
+    still_walking: _Walking,
 ) -> StoreResult:
-    """Walk a store's pages with the details of PAGES_IN_FLIGHT pages on the wire at once.
+    """Walk a store's pages; the last store walking has the details of PAGES_IN_FLIGHT pages on the
+    wire at once, the others one page's.
 
     Whatever the overlap, the store's outcome is the one of walking its pages one by one: pages are
     recorded in page order, a failure counts only if every page before it was recorded without the
@@ -272,7 +287,8 @@ async def _fetch_store(
                     if page.number == 1:
                         progress.expect(page.total_pages * len(page.entries))
                     pending.append(_start_details(client, page, walk.walked))
-                    if len(pending) == PAGES_IN_FLIGHT and await record(pending.popleft()):
+                    depth = PAGES_IN_FLIGHT if still_walking.stores == 1 else 1
+                    if len(pending) >= depth and await record(pending.popleft()):
                         break
             except EslApiError:
                 # A later page failed: the pages before it count first, and a cap among them means
@@ -289,6 +305,7 @@ async def _fetch_store(
     except EslApiError as exc:
         result.error = str(exc)
     finally:
+        still_walking.stores -= 1
         # Pages past a cap or a failure are not wanted: their details are cancelled, outcome discarded.
         for unwanted in pending:
             unwanted.details.cancel()
@@ -338,10 +355,12 @@ async def fetch_server(target: ServerTarget, settings: FetchSettings, sink: RowS
             client = EslClient(session, target, limiter, transport=settings.transport)
             stores = await client.list_stores()
             log.info("%s: %d stores", target.display, len(stores))
+            walking = _Walking(len(stores))
             try:
                 async with asyncio.TaskGroup() as group:
                     tasks = [
-                        group.create_task(_fetch_store(client, s, settings, sink, progress)) for s in stores
+                        group.create_task(_fetch_store(client, s, settings, sink, progress, walking))
+                        for s in stores
                     ]
             except BaseExceptionGroup as failed:
                 raise _primary(failed) from None
