@@ -35,6 +35,7 @@ class Scenario(TypedDict):
     spec: NotRequired[FleetSpec]
     expected_rows: NotRequired[int | None]  # what the dataset says a correct export publishes
     adaptive_available: NotRequired[bool]
+    checks: NotRequired[dict[str, bool]]  # a scenario's pass/fail checks its targets read (fleet)
 
 
 @dataclass(frozen=True)

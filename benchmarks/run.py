@@ -34,6 +34,7 @@ from benchmarks.scenarios import (
     capacity,
     cpu_bound,
     end_to_end,
+    fleet_scale,
     floor,
     latency_bound,
     memory,
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
     "bounded": bounded_memory.run,
     "floor": floor.run,
     "busy": busy.run,
+    "fleet": fleet_scale.run,
 }
 
 

@@ -213,6 +213,10 @@ def to_output(part: pa.Table | pd.DataFrame, header_style: HeaderStyle, zone: Zo
 
 _NEEDS_QUOTES = r'[",\r\n]'
 _SPECIAL_BYTES = np.frombuffer(b'",\r\n', dtype=np.uint8)
+# The same as a table indexed by byte: a look-up per chunk costs a few µs where np.isin costs about
+# 30, and a partition holds a chunk per store (1,000 servers of 2 stores: 2,000 chunks a column).
+_SPECIAL_TABLE = np.zeros(256, dtype=bool)
+_SPECIAL_TABLE[_SPECIAL_BYTES] = True
 # Arrow kernels release the GIL: slices of a partition are formatted on all cores at once.
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
@@ -229,7 +233,7 @@ def string_bytes(array: pa.Array) -> memoryview:
 def _may_need_quotes(column: pa.ChunkedArray | pa.Array) -> bool:
     """A quick scan of the raw bytes: most columns hold no quote, comma or line break at all."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    return any(np.isin(np.frombuffer(string_bytes(c), dtype=np.uint8), _SPECIAL_BYTES).any() for c in chunks)
+    return any(_SPECIAL_TABLE[np.frombuffer(string_bytes(c), dtype=np.uint8)].any() for c in chunks)
 
 
 def csv_cells(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:

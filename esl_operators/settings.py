@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
@@ -40,6 +41,10 @@ ON_SERVER_ERROR: tuple[OnServerError, ...] = get_args(OnServerError)
 ALERTS = "Alerts"  # trigger-form section of who gets mail about a failed run
 ADVANCED = "Advanced"  # trigger-form section of the settings most runs leave alone
 HISTORY = "History"  # trigger-form section of the fleet history (changes, battery forecast)
+
+# Threads (one event loop each) a fetch spreads its max_threads servers over: more threads only
+# contend for the GIL (esl_operators.engine says what was measured).
+MAX_LOOP_THREADS = 4
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -229,7 +234,7 @@ def parse_server_list(value: Any, where: str) -> list[str]:
     for item in value:
         if not isinstance(item, str) or not item.strip():
             raise ConfigError(f"{where} holds {item!r}, which is not a connection id")
-    duplicates = sorted({item for item in value if value.count(item) > 1})
+    duplicates = sorted(item for item, count in Counter(value).items() if count > 1)
     if duplicates:
         raise ConfigError(f"{where} lists {duplicates} more than once")
     return list(value)
@@ -274,7 +279,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "max_threads", "integer", 3, "Servers fetched at once per task",
-        "Worker threads per fetch task, each with its own event loop.",
+        f"Servers fetched at once per fetch task, each with its own session and limit, on at most "
+        f"{MAX_LOOP_THREADS} threads with one event loop each.",
         tasks=("fetch",), minimum=1, maximum=32,
     ),
     Setting(

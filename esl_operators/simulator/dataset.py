@@ -34,8 +34,10 @@ DEFAULT_STORE_ESLS = 3
 # a space, non-ASCII, a literal "%" and a literal "%20" sequence.
 AWKWARD_STORE_CODES = ("Store 12", "上海.001", "50%off", "A%20B")
 
-# ESL ids are 4 hex bytes: 1 byte for the server, 3 bytes (scrambled counter) per ESL.
-MAX_SERVERS = 256
+# ESL ids are 4 hex bytes: 1 byte for the server, 3 bytes (scrambled counter) per ESL. The server
+# byte wraps after 256 servers, so in a larger fleet an id is unique per server only, as on real
+# fleets (a label is a (server, esl_id) pair; the aggregate step de-duplicates on that pair).
+MAX_SERVERS = 4096
 MAX_ESLS_PER_SERVER = (1 << 24) - DEFAULT_STORE_ESLS
 
 # Pools are indexed with random bits, so their lengths are powers of two.

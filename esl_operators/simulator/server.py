@@ -1,8 +1,8 @@
 """aiohttp application imitating the ESL-Working HTTP API v3 of one server, and fleet startup.
 
-Longer than most modules (about 460 lines): it imitates one whole HTTP API (every route, both
-envelope styles, fault injection hooks and fleet start-up); it serves tests, benchmarks and the
-demo, not exports.
+Longer than most modules (about 490 lines): it imitates one whole HTTP API (every route, both
+envelope styles, fault injection hooks and fleet start-up, its open-files limit included); it serves
+tests, benchmarks and the demo, not exports.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import asyncio
 import dataclasses
 import json
 import re
+import resource
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,11 @@ CODE_UNAUTHORIZED = 7
 # Counters of every simulated server as JSON, for benchmarks run in another process. Outside
 # /api3, so it never collides with the API; never throttled, faulted or counted.
 STATS_PATH = "/_stats"
+
+# Descriptors a fleet may hold: per server its listening socket and a few clients' connections, plus
+# the interpreter's own. A 1,000-server fleet needs more than the usual soft limit of 1024.
+FILES_PER_SERVER = 4
+SPARE_FILES = 256
 
 # Graceful shutdown waits this long for in-flight handlers; bounded so tests stop quickly.
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -408,6 +415,7 @@ async def start_fleet(
     connections. ``overload_status``: see :func:`make_app`.
     """
     check_overload(overload_status, capacity)  # before any socket is opened
+    raise_open_files_limit(len(fleet.servers))
     started: list[RunningServer] = []
     try:
         for data in fleet.servers:
@@ -442,6 +450,27 @@ async def start_fleet(
         await stop_fleet(started)
         raise
     return started
+
+
+def raise_open_files_limit(servers: int) -> int:
+    """Raise this process's soft open-files limit (never past the hard one) if ``servers`` servers may
+    need more descriptors than it allows; say so on stderr. Returns the soft limit now in force."""
+    needed = servers * FILES_PER_SERVER + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        message = f"simulator: open-files limit raised from {soft} to {raised} for {servers} servers"
+        print(message, file=sys.stderr, flush=True)
+    if raised < needed:
+        print(
+            f"simulator: the hard open-files limit {hard} is below the {needed} that {servers} servers may "
+            "need; servers or connections beyond it fail with 'Too many open files'",
+            file=sys.stderr,
+        )
+    return raised
 
 
 def _bind_without_listening(host: str, port: int) -> socket.socket:
