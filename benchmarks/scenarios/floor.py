@@ -57,19 +57,22 @@ medians of 3-4 interleaved runs; single runs vary by ±20%):
 
 * Pages in flight: a store's details went out one page at a time, so a store paged alone (one
   store holds 65-80% of the labels of each server here) left most of the 8 slots idle for the last
-  round trip of every page. Now the next page's details queue up while the current page's finish
-  (`PAGES_IN_FLIGHT = 2` in `engine.py`; the outcome is that of walking page by page). One server,
-  in process, simulator's `in_flight` sampled every 4 ms: mean 6.53 in flight against 6.01 before,
-  fetch 10.73 s against 11.67 s; 3 pages: 6.66, 10.54 s (within noise, not taken). The whole
-  command, 4 interleaved pairs with ab, load 4-6: 12.29 s against 13.09 s (faster in 4 of 4; fetch
-  phase 10.87 against 11.78 s; ab 10.07 s: 82% of ab against 77%), same CPU (4.18 against 4.23 s);
-  4 pairs run beside a test suite (load about 9) came out the other way in 3 of 4.
+  round trip of every page. Now the last store still walking on a server has its next page's
+  details queued while the current page's finish (`PAGES_IN_FLIGHT = 2` in `engine.py`; the
+  outcome is that of walking page by page). One server, in process, the simulator's `in_flight`
+  sampled every 4 ms, 3 pairs: mean 7.26 in flight against 6.59 before, fetch 8.78 s against
+  9.62 s. Two pages for every store (the first version) gave 6.53 against 6.01 in flight, but cost
+  about 5% more CPU per request when CPU-bound (2 servers × 40 stores, latency 0, in process: 250
+  against 238 µs); for the last store alone: 193 against 198 µs (7 runs each). In the whole command
+  the difference is within this machine's noise (4-5 interleaved pairs: faster in 4 of 4 once, in
+  3 of 5 and 1 of 4 in other sets, medians within ±6%).
 * One worker coroutine per slot pulling ids from a per-server queue, instead of a task per detail:
   no gain (in process, latency 0: 175 against 171 µs CPU per request; latency 20 ms, 4 servers:
   3.12 against 3.14 CPU s, wall within noise); not taken. A cookie-less session: no gain either.
-* The adaptive limiter (default) drops servers to 1-4 in flight several times a run here (the
-  simulator's latency rises when it saturates); `--no-adaptive-concurrency` was not faster (15.72
-  against 15.82 s, 16.66 against 15.99 s): the loss is elsewhere.
+* The adaptive limiter (default), before target 5's limiter was merged, dropped servers to 1-4 in
+  flight several times a run here; `--no-adaptive-concurrency` was not faster even then (15.72
+  against 15.82 s, 16.66 against 15.99 s). With it merged our fetch phase is within a few % of ab's
+  whole wall (the note on our row): what is left is the fixed cost before and after the fetch.
 * A thread and an event loop per server (`fetch_servers`) against all 4 servers in one loop, in
   process: 14.2 against 12.9 s once, 13.8 against 14.7 s with a 0.5 ms GIL switch interval:
   inconclusive here. Bare aiohttp (8 workers, one server, no engine): 4-10% behind ab; our engine
