@@ -64,8 +64,10 @@ medians of 3-4 interleaved runs; single runs vary by ±20%):
   9.62 s. Two pages for every store (the first version) gave 6.53 against 6.01 in flight, but cost
   about 5% more CPU per request when CPU-bound (2 servers × 40 stores, latency 0, in process: 250
   against 238 µs); for the last store alone: 193 against 198 µs (7 runs each). In the whole command
-  the difference is within this machine's noise (4-5 interleaved pairs: faster in 4 of 4 once, in
-  3 of 5 and 1 of 4 in other sets, medians within ±6%).
+  the difference is within this machine's noise: this version against main with target 5 and 6
+  merged, 4 interleaved pairs: 12.12 against 12.39 s (faster in 3 of 4), fetch phase 10.99 against
+  11.04 s, CPU 5.04 against 4.87 s; earlier sets of the first version: faster in 4 of 4, 3 of 5
+  and 1 of 4.
 * One worker coroutine per slot pulling ids from a per-server queue, instead of a task per detail:
   no gain (in process, latency 0: 175 against 171 µs CPU per request; latency 20 ms, 4 servers:
   3.12 against 3.14 CPU s, wall within noise); not taken. A cookie-less session: no gain either.
