@@ -60,5 +60,9 @@ clean:
 	rm -rf $(VENV) airflow_home data .pytest_cache .ruff_cache *.egg-info
 
 .PHONY: bench
+# The latency floor is measured with ApacheBench (Debian apache2-utils, installed if missing); without
+# it that one row says "not measured" and the rest of the run goes on.
 bench: install
+	@command -v ab >/dev/null || { apt-get update -qq && apt-get install -y -qq apache2-utils >/dev/null; } \
+		|| echo "WARNING: could not install Debian apache2-utils (ab); the ab floor will not be measured"
 	$(BIN)/python benchmarks/run.py --out BENCHMARKS.md

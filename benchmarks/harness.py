@@ -125,12 +125,19 @@ class Simulator:
     def counters(self) -> dict[str, int]:
         """``total`` and ``overloaded`` summed over all servers (``/_stats`` is never counted)."""
         summed = {"total": 0, "overloaded": 0}
+        for stats in self.counters_per_server():
+            for key in summed:
+                summed[key] += stats[key]
+        return summed
+
+    def counters_per_server(self) -> list[dict[str, int]]:
+        """``total`` and ``overloaded`` of each server, in the order of :attr:`urls`."""
+        found = []
         for url in self.urls:
             with urllib.request.urlopen(f"{url}/_stats", timeout=10) as response:
                 stats = json.load(response)
-            for key in summed:
-                summed[key] += int(stats[key])
-        return summed
+            found.append({key: int(stats[key]) for key in ("total", "overloaded")})
+        return found
 
 
 @dataclass

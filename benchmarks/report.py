@@ -8,7 +8,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from benchmarks.scenarios import bounded_memory, busy, cpu_bound, fleet_scale, startup
+from benchmarks.scenarios import bounded_memory, busy, cpu_bound, fleet_scale, floor, startup
 from benchmarks.tables import find, markdown_table
 
 Summaries = dict[str, dict[str, Any]]
@@ -166,6 +166,7 @@ TARGETS: list[tuple[str, Callable[[Summaries], dict[str, Any]]]] = [
     *bounded_memory.TARGETS,  # issue 11, target 1
     *cpu_bound.TARGETS,  # issue 11, target 2
     *startup.TARGETS,  # issue 11, target 3
+    *floor.TARGETS,  # issue 11, target 4
     *busy.TARGETS,  # issue 11, target 5
     *fleet_scale.TARGETS,  # issue 11, target 6
 ]

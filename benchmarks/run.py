@@ -35,6 +35,7 @@ from benchmarks.scenarios import (
     cpu_bound,
     end_to_end,
     fleet_scale,
+    floor,
     latency_bound,
     memory,
     startup,
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, Callable[[Bench], Scenario]] = {
     "e2e": end_to_end.run,
     "bounded": bounded_memory.run,
     "startup": startup.run,
+    "floor": floor.run,
     "busy": busy.run,
     "fleet": fleet_scale.run,
 }

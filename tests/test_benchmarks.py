@@ -7,6 +7,7 @@ every client publishes the same rows and that the derived numbers agree with the
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.timeout(180)
 
 REPO = Path(__file__).resolve().parents[1]
 # The capacity, CPU and end-to-end scenarios add nothing the harness does not do here, only seconds.
-SCENARIOS = ("latency", "memory", "aggregation")
+SCENARIOS = ("latency", "memory", "aggregation", "floor")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,26 @@ def test_markdown_has_targets_and_every_row(quick: tuple[dict[str, Any], str]) -
         assert f"## {scenario['title']}" in text
         for row in scenario["rows"]:
             assert f"| {row['label']} |" in text
+
+
+def test_ab_floor_sends_each_server_what_our_run_sent(quick: tuple[dict[str, Any], str]) -> None:
+    report, text = quick
+    rows = report["scenarios"]["floor"]["rows"]
+    ab, ours, computed = rows
+    assert ours["label"].startswith("ours") and computed["label"] == "floor (computed)"
+    assert (ours["failed"], ours["rows"]) == (0, report["scenarios"]["floor"]["expected_rows"])
+    assert "s fetch" in ours["note"]  # where our wall went, from our own log lines
+    assert computed["requests"] == ours["requests"] > 0
+    [target] = [t for t in report["targets"] if "`ab -k -c C` floor" in t["target"]]
+    if shutil.which("ab") is None:
+        # CI machines without apache2-utils: the row says why, the bench does not fail.
+        assert ab["runs"] == 0 and "not installed" in ab["note"] and target["ratio"] is None
+        pytest.skip("ab (apache2-utils) is not installed: the floor is not measured")
+    # ab got exactly our per-server counts (a mismatch fails its run) and no C client beats the formula.
+    assert (ab["runs"], ab["failed"], ab["requests"]) == (1, 0, ours["requests"])
+    assert computed["wall_s"] <= ab["wall_s"] and ab["cpu_s"] > 0
+    assert target["ratio"] == pytest.approx(ab["wall_s"] / ours["wall_s"])
+    assert f"{target['ratio']:.0%} of ab" in text
 
 
 def test_floor_formula() -> None:
