@@ -51,6 +51,11 @@ _TYPES = {
 }
 SNAPSHOT_SCHEMA = pa.schema([(name, _TYPES.get(name, pa.string())) for name in STANDARD_COLUMNS])
 ROW_GROUP_ROWS = 65_536  # rows read at once when a server's rows are taken back
+# Columns dictionary-encoded: those whose values repeat. Trying it on the near-unique ones (ids,
+# timestamps, frequency, refresh counts) only to fall back cost about 40% of the write, for a larger
+# file (measured: 48k rows, 26 ms instead of 45 ms, 1.5 MB instead of 1.9 MB).
+_DICTIONARY_COLUMNS = ["store", "server", "screen_size", "description", "firmware", "rom", "extesl_id",
+                       "chip_family", "set_wor", "battery", "temperature"]  # fmt: skip
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -122,7 +127,9 @@ class SnapshotWriter:
         self.lost: dict[str, int] = {}
         with storage_errors("write", path):
             self._handle = _open(path, "wb")
-            self._writer = pq.ParquetWriter(self._handle, SNAPSHOT_SCHEMA, compression="zstd")
+            self._writer = pq.ParquetWriter(
+                self._handle, SNAPSHOT_SCHEMA, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS
+            )
 
     def add(self, part: pa.Table) -> None:
         # A full disk or a failing store names the snapshot, as every other published file does.
