@@ -337,8 +337,7 @@ def _scatter(
             complete = drop_failed(chunk, errors)
             counts.failed += chunk.num_rows - complete.num_rows
             buckets.write(complete)
-            del chunk, complete
-            _release()
+            del chunk, complete  # freed memory is kept for the next chunk (see _release)
     finally:
         if buckets is not None:
             buckets.close()
@@ -346,6 +345,8 @@ def _scatter(
 
 
 def _release() -> None:
-    """Hand freed memory back to the system between chunks and runs: the pool (mimalloc) would
-    otherwise keep each phase's high-water mark; measured: -60 MB peak RSS, no slower."""
+    """Hand freed memory back to the system between runs: the pool (mimalloc) would otherwise keep
+    each phase's high-water mark; measured: -30 MB peak RSS. Not between the scatter's chunks: the
+    peak is in the runs, and pages handed back are faulted in again (1M rows: 40k page faults, 0.3 s
+    of system time)."""
     pa.default_memory_pool().release_unused()
