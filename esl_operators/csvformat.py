@@ -144,9 +144,6 @@ def sort_part(rows: pa.Table | pd.DataFrame) -> pa.Table:
 _DAYS_AT_ONCE = 40_000  # a century: a span of days this long is counted in an array, not sorted
 
 
-_TWO_DIGITS = pa.array([f"{n:02d}" for n in range(60)])
-
-
 @functools.cache
 def _clock(suffix: str) -> pa.Array:
     """``HH:MM:SS`` + suffix for every second of a day: formatting becomes a table look-up.
@@ -154,8 +151,9 @@ def _clock(suffix: str) -> pa.Array:
     Built by Arrow from 60 two-digit strings: 86,400 Python f-strings took 0.1-0.5 s of the first
     partition (more when the render threads all built it at once).
     """
+    two_digits = pa.array([f"{n:02d}" for n in range(60)])  # not at import: pa.array loads pandas
     second = np.arange(86_400)
-    hh, mm, ss = (_TWO_DIGITS.take(pa.array(p)) for p in (second // 3600, second // 60 % 60, second % 60))
+    hh, mm, ss = (two_digits.take(pa.array(p)) for p in (second // 3600, second // 60 % 60, second % 60))
     return pc.binary_join_element_wise(pc.binary_join_element_wise(hh, mm, ss, ":"), suffix, "")
 
 
