@@ -40,8 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc
 
-from esl_operators.cleaning import drop_duplicates, drop_failed
-from esl_operators.csvformat import ORDER, WORKERS, order_keys, string_bytes
+from esl_operators.cleaning import drop_duplicates, drop_failed, id_hashes
+from esl_operators.csvformat import ORDER, WORKERS, order_keys
 from esl_operators.manifest import ErrorEntry
 from esl_operators.merge import FAN_IN, MERGE_BATCH_ROWS, RUN_SCHEMA
 from esl_operators.parts import PART_SCHEMA
@@ -56,11 +56,6 @@ MB = 1 << 20
 # (BENCHMARKS.md). Tests raise it to force many runs on a small partition.
 RUN_SHARE = 24
 SPILL_PREFIX = ".spill-"
-# Key bytes hashed at once: bounds the per-byte temporaries (8 bytes per key byte, several of them).
-# Kept under the C allocator's mmap threshold (128 KB): larger ones are mapped and unmapped every
-# time, a page fault per 4 KB (measured, 1M rows: 72,000 faults and 0.15 s of system time at 4096
-# keys of 11 bytes; 1,800 at 16 KB).
-_HASH_BYTES = 16_384
 _WRITE_SLICE_ROWS = 32_768  # rows of a run taken into order at once
 # Spill files are read and written through Arrow's own file class, never Python file objects: the
 # data then lands in Arrow's memory pool instead of Python bytes, which the C allocator keeps.
@@ -134,43 +129,12 @@ def spill_folder(parts_dir: PathLike) -> Iterator[Path]:
 
 # --- 1. scatter -------------------------------------------------------------------------------------
 
-# Odd 64-bit multipliers, one per byte position (mod 64): a fixed polynomial hash, so buckets are
-# reproducible from run to run.
-_MULTIPLIERS = np.random.default_rng(0x45534C).integers(1, 1 << 62, 64, dtype=np.uint64) * 2 + 1
-_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
-
-
-def _hash(keys: pa.Array) -> np.ndarray:
-    """64-bit hashes of a binary-like array's values (vectorised; equal bytes, equal hash)."""
-    n = len(keys)
-    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int32)[keys.offset : keys.offset + n + 1]
-    offsets = offsets.astype(np.int64)
-    lengths = np.diff(offsets)
-    raw = np.frombuffer(string_bytes(keys), dtype=np.uint8)
-    starts = offsets[:-1] - offsets[0]
-    position = np.arange(len(raw), dtype=np.int64) - np.repeat(starts, lengths)
-    weighted = raw.astype(np.uint64) * _MULTIPLIERS[position & 63]
-    sums = np.zeros(n, dtype=np.uint64)
-    filled = lengths > 0
-    if len(raw):
-        sums[filled] = np.add.reduceat(weighted, starts[filled])
-    h = sums ^ (lengths.astype(np.uint64) << np.uint64(40))
-    for multiplier, shift in ((_MIX[0], 30), (_MIX[1], 27)):  # splitmix64's finaliser
-        h = (h ^ (h >> np.uint64(shift))) * multiplier
-    hashes: np.ndarray = h ^ (h >> np.uint64(31))
-    return hashes
-
 
 def bucket_of(part: pa.Table, buckets: int) -> np.ndarray:
     """The bucket (0..buckets-1) of each row: a function of its ``esl_id`` alone, so all copies of a
     label (same server and esl_id) share one."""
-    keys = part["esl_id"].combine_chunks()
-    out = np.empty(len(keys), dtype=np.int64)
-    step = max(1, _HASH_BYTES * len(keys) // max(1, len(string_bytes(keys))))
-    for start in range(0, len(keys), step):
-        piece = keys.slice(start, step)
-        out[start : start + len(piece)] = (_hash(piece) % np.uint64(buckets)).astype(np.int64)
-    return out
+    which: np.ndarray = (id_hashes(part["esl_id"]) % np.uint64(buckets)).astype(np.int64)
+    return which
 
 
 class Buckets:
