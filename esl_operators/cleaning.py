@@ -17,9 +17,63 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from esl_operators.csvformat import string_bytes
 from esl_operators.manifest import ErrorEntry
 
 _SEP = "\x1f"  # unit separator: joins server and store into one key
+
+# Odd 64-bit multipliers, one per byte position (mod 64): a fixed polynomial hash, so buckets are
+# reproducible from run to run.
+_MULTIPLIERS = np.random.default_rng(0x45534C).integers(1, 1 << 62, 64, dtype=np.uint64) * 2 + 1
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+# Key bytes hashed at once: bounds the per-byte temporaries (8 bytes per key byte, several of them).
+# Kept under the C allocator's mmap threshold (128 KB): larger ones are mapped and unmapped every
+# time, a page fault per 4 KB (measured, 1M rows: 72,000 faults and 0.15 s of system time at 4096
+# keys of 11 bytes; 1,800 at 16 KB).
+_HASH_BYTES = 16_384
+
+
+def _hash(keys: pa.Array) -> np.ndarray:
+    """64-bit hashes of a binary-like array's values (vectorised; equal bytes, equal hash)."""
+    n = len(keys)
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int32)[keys.offset : keys.offset + n + 1]
+    offsets = offsets.astype(np.int64)
+    lengths = np.diff(offsets)
+    raw = np.frombuffer(string_bytes(keys), dtype=np.uint8)
+    starts = offsets[:-1] - offsets[0]
+    position = np.arange(len(raw), dtype=np.int64) - np.repeat(starts, lengths)
+    weighted = raw.astype(np.uint64) * _MULTIPLIERS[position & 63]
+    sums = np.zeros(n, dtype=np.uint64)
+    filled = lengths > 0
+    if len(raw):
+        sums[filled] = np.add.reduceat(weighted, starts[filled])
+    h = sums ^ (lengths.astype(np.uint64) << np.uint64(40))
+    for multiplier, shift in ((_MIX[0], 30), (_MIX[1], 27)):  # splitmix64's finaliser
+        h = (h ^ (h >> np.uint64(shift))) * multiplier
+    hashes: np.ndarray = h ^ (h >> np.uint64(31))
+    return hashes
+
+
+def id_hashes(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed 64-bit hash of each ``esl_id`` (equal ids, equal hashes): the external sort's buckets
+    and the quick test for duplicates."""
+    out = np.empty(len(ids), dtype=np.uint64)
+    done = 0
+    for chunk in ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]:
+        step = max(1, _HASH_BYTES * len(chunk) // max(1, len(string_bytes(chunk))))
+        for start in range(0, len(chunk), step):
+            piece = chunk.slice(start, step)
+            out[done : done + len(piece)] = _hash(piece)
+            done += len(piece)
+    return out
+
+
+def _distinct_ids(ids: pa.ChunkedArray) -> bool:
+    """True if no ``esl_id`` repeats: distinct hashes mean distinct ids (3x faster than counting the
+    distinct strings); equal hashes (a repeat, or very rarely a collision) say nothing."""
+    hashes = id_hashes(ids)
+    hashes.sort()
+    return not bool((hashes[1:] == hashes[:-1]).any())
 
 
 def drop_failed(part: pa.Table, errors: Sequence[ErrorEntry]) -> pa.Table:
@@ -43,7 +97,7 @@ def drop_duplicates(part: pa.Table) -> pa.Table:
     again to its own output followed by later rows, it picks the same rows (the external sort
     relies on that).
     """
-    if pc.count_distinct(part["esl_id"]).as_py() == part.num_rows:
+    if _distinct_ids(part["esl_id"]):
         return part  # the usual case: every id once, so no (server, esl_id) pair repeats either
     ranked = part.append_column("_hb", pc.cast(part["last_hb_time"], pa.int64()))
     order = pc.sort_indices(

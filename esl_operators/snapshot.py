@@ -12,7 +12,8 @@ A value the servers sent that does not fit its column (a ``set_wor`` of ``"on"``
 ``21.5``, a count beyond int64) is null in the snapshot and counted in the log; the CSV keeps it as
 sent.
 
-Bounded memory: :class:`SnapshotWriter` writes each chunk it gets as row groups of one server each;
+Bounded memory: :class:`SnapshotWriter` writes each chunk it gets (on a thread of its own, one
+chunk at a time) as row groups of one server each;
 :class:`Snapshot` reads one server's rows at a time, from the row groups that hold it.
 """
 
@@ -22,10 +23,13 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -51,6 +55,11 @@ _TYPES = {
 }
 SNAPSHOT_SCHEMA = pa.schema([(name, _TYPES.get(name, pa.string())) for name in STANDARD_COLUMNS])
 ROW_GROUP_ROWS = 65_536  # rows read at once when a server's rows are taken back
+# Columns dictionary-encoded: those whose values repeat. Trying it on the near-unique ones (ids,
+# timestamps, frequency, refresh counts) only to fall back cost about 40% of the write, for a larger
+# file (measured: 48k rows, 26 ms instead of 45 ms, 1.5 MB instead of 1.9 MB).
+_DICTIONARY_COLUMNS = ["store", "server", "screen_size", "description", "firmware", "rom", "extesl_id",
+                       "chip_family", "set_wor", "battery", "temperature"]  # fmt: skip
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -75,9 +84,22 @@ def _integer(text: str | None) -> int | None:
     return value if _INT64[0] <= value <= _INT64[1] else None
 
 
+def _empty_as_null(text: pa.Array) -> pa.Array:
+    """``text`` with its empty strings null: the same buffers and a validity bitmap (no copy of the
+    values, which ``if_else`` makes: it took about half of :func:`typed`)."""
+    if text.null_count or not len(text):
+        return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[text.offset : text.offset + len(text) + 1]
+    present = np.diff(offsets) > 0
+    if present.all():
+        return text
+    validity = pa.py_buffer(np.packbits(present, bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), len(text), [validity, pa.py_buffer(offsets), text.buffers()[2]])
+
+
 def _column(text: pa.ChunkedArray, kind: pa.DataType) -> tuple[pa.ChunkedArray | pa.Array, int]:
     """A part column (strings, "" for missing) as ``kind``; and how many values did not fit it."""
-    values = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    values = pa.chunked_array([_empty_as_null(chunk) for chunk in text.chunks], pa.string())
     if kind == pa.string():
         return values, 0
     base = pa.int64() if kind == _TIME else kind
@@ -122,9 +144,24 @@ class SnapshotWriter:
         self.lost: dict[str, int] = {}
         with storage_errors("write", path):
             self._handle = _open(path, "wb")
-            self._writer = pq.ParquetWriter(self._handle, SNAPSHOT_SCHEMA, compression="zstd")
+            self._writer = pq.ParquetWriter(
+                self._handle, SNAPSHOT_SCHEMA, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS
+            )
+        # Converting and writing a chunk (Arrow and Parquet let go of the GIL) runs on a thread of its
+        # own while the aggregate step renders the chunk's CSV lines; one chunk at most is in flight.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self._pending: Future[None] | None = None
 
     def add(self, part: pa.Table) -> None:
+        self._wait()  # the previous chunk's write error surfaces here
+        self._pending = self._worker.submit(self._add_named, part)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _add_named(self, part: pa.Table) -> None:
         # A full disk or a failing store names the snapshot, as every other published file does.
         with storage_errors("write", self.path):
             self._add(part)
@@ -141,10 +178,17 @@ class SnapshotWriter:
         if pc.count_distinct(table["server"]).as_py() == 1:
             self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             return
-        table = table.take(pc.sort_indices(table["server"]))
-        counts = table.group_by("server").aggregate([([], "count_all")]).sort_by("server")
+        # Grouped by server name, each server's rows in their order (a stable sort of small codes).
+        servers = pc.dictionary_encode(table["server"], null_encoding="encode").combine_chunks()
+        names = servers.dictionary.to_pylist()
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[sorted(range(len(names)), key=lambda i: (names[i] is None, names[i] or ""))] = np.arange(
+            len(names)
+        )
+        codes = rank[servers.indices.to_numpy()]
+        table = table.take(pa.array(np.argsort(codes, kind="stable")))
         start = 0
-        for count in counts["count_all"].to_pylist():
+        for count in np.bincount(codes, minlength=len(names)).tolist():
             self._writer.write_table(table.slice(start, count), row_group_size=ROW_GROUP_ROWS)
             start += count
 
@@ -154,11 +198,18 @@ class SnapshotWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        with storage_errors("write", self.path):
-            try:
-                self._writer.close()  # after an error too: the file is discarded, but the writer let go of
-            finally:
-                self._handle.close()
+        try:
+            if exc_type is None:
+                self._wait()
+            elif self._pending is not None:  # the block failed: its error is the one to report
+                futures.wait([self._pending])
+        finally:
+            self._worker.shutdown()
+            with storage_errors("write", self.path):
+                try:
+                    self._writer.close()  # after an error too: the file is discarded, but the writer let go
+                finally:
+                    self._handle.close()
         if exc_type is None and self.lost:
             counts = ", ".join(f"{name} {count}" for name, count in sorted(self.lost.items()))
             log.warning(
