@@ -110,14 +110,17 @@ class Bench:
         return run
 
 
-def baselines(bench: Bench) -> list[Client]:
+def baselines(bench: Bench, *, with_sleep: bool = True) -> list[Client]:
     """The clients ours is compared with in the network scenarios (``benchmarks/legacy.py`` and
-    ``benchmarks/requests_threads.py``)."""
+    ``benchmarks/requests_threads.py``). ``with_sleep=False`` leaves out the legacy script as it
+    runs (1 s of sleep per page): only the latency-bound comparison needs it, and elsewhere it was
+    a minute of ``make bench`` spent on a number no target reads."""
     sleep_s = bench.pick(1.0, 0.05)  # the legacy script's pause per page
+    slept = Client(
+        f"legacy-style, sleep {sleep_s:g} s/page", ("benchmarks.legacy",), ("--page-sleep", str(sleep_s))
+    )
     return [
-        Client(
-            f"legacy-style, sleep {sleep_s:g} s/page", ("benchmarks.legacy",), ("--page-sleep", str(sleep_s))
-        ),
+        *([slept] if with_sleep else []),
         Client("legacy-style, no sleep", ("benchmarks.legacy",), ("--page-sleep", "0")),
         Client("requests + threads(16)", ("benchmarks.requests_threads",)),
     ]

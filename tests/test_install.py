@@ -134,7 +134,7 @@ def test_a_built_wheel_carries_the_dag_file_and_registers_the_plugin(tmp_path: P
         text = archive.read(entry_points).decode()
     assert "esl_operators/dags/__init__.py" in names and "esl_operators/plugin.py" in names
     assert "[airflow.plugins]\nesl_exports = esl_operators.plugin:EslExportsPlugin\n" in text
-    assert "[console_scripts]\nesl-export = esl_operators.cli:main\n" in text
+    assert "[console_scripts]\nesl-export = esl_operators.cli:run\n" in text
 
 
 def _plugins_loaded_from(folder: Path, cwd: Path) -> dict[str, Any]:

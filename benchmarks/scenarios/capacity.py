@@ -35,7 +35,7 @@ def run(bench: Bench) -> Scenario:
     ]
     if adaptive:
         clients.append(ours("ours, adaptive, max 16", "--max-concurrency", "16"))
-    clients += baselines(bench)
+    clients += baselines(bench, with_sleep=False)
     text = describe(spec) + " Requests beyond the capacity are refused at once with 503 + Retry-After: 0."
     if not adaptive:
         text += (

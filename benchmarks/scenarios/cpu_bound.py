@@ -44,7 +44,7 @@ s (median of 5, `/usr/bin/time`), after 2.21, bare 1.62.
 
 def run(bench: Bench) -> Scenario:
     spec = bench.pick(FULL, QUICK)
-    clients = [ours(OURS), *baselines(bench)]
+    clients = [ours(OURS), *baselines(bench, with_sleep=False)]
     text = describe(spec) + " The simulator serves from its own process; CPU is the client's alone."
     scenario = network_scenario(bench, spec, clients, "CPU-bound", text)
     scenario["description"] += "\n\n" + PROFILE
