@@ -26,7 +26,7 @@ a compute call with a Python scalar) or `Table.group_by` (pyarrow.acero): the pa
 triggers it (it builds string arrays from their buffers), the aggregate step still does; the fetch
 0.89-1.16 (55%); aggregate + publish 0.11-0.15 (7%); the cyclic GC 0.16 (0.08-0.1 with
 `python -m esl_operators`'s threshold) and the interpreter's teardown 0.12-0.2 (now skipped by
-`python -m esl_operators`, not by the `esl-export` entry point). The bare client: interpreter
+the command, `esl-export` and `python -m esl_operators` alike). The bare client: interpreter
 0.02-0.03, imports 0.18-0.22, fetch 1.1-1.28, CSV 0.01-0.02 (total 1.33-1.55). **Inside the fetch**
 (cProfile of one server, 3,082 requests; the socket send/recv system calls, 44-54% of the profiled
 time, left out): aiohttp/yarl request and response 45-51%, the asyncio loop, tasks and context
