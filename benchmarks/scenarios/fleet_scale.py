@@ -49,7 +49,7 @@ on 32 threads, one event loop each: 1,000 servers took 21.5-25.3 CPU s (two runs
 most 4 threads (`MAX_LOOP_THREADS`), several servers on each loop: 19.2 CPU s (two runs; with 1
 loop 21.5-27.0, 2 loops 20.2-21.0, 8 loops 19.4-19.9; these runs include the next fix). The CSV
 quoting scan ran `np.isin` once per Arrow chunk, and a partition holds a chunk per store: 1.5 s of
-the 1,000-server run, now a byte-table look-up, about 5× cheaper per chunk. What remains per server
+the 1,000-server run, now a `bytes` search (memchr), many times cheaper per chunk. What remains per server
 (`py-spy`): its session and 1-4 TCP connections (about 0.6 s per 1,000 servers), the adaptive
 limiter's ramp from 1 in flight (about 1 s), its log lines (about 0.5 s).
 """
