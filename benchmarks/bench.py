@@ -77,22 +77,26 @@ class Bench:
     def clients(self, spec: FleetSpec, clients: Sequence[Client], reps: int | None = None) -> list[Row]:
         """Each client ``reps`` times against one simulator, repetitions interleaved (rep 1 of all
         clients, then rep 2...) so slow drift of the machine hits every client alike."""
-        rows = {c.label: Row(c.label) for c in clients}
         with Simulator(spec, DATE, self.log("simulator")) as sim:
-            for rep in range(reps or self.reps):
-                for client in clients:
-                    out = self.work / "out"
-                    shutil.rmtree(out, ignore_errors=True)
-                    run = measure(
-                        client.argv(sim.urls, out),
-                        log_path=self.log("client"),
-                        timeout_s=RUN_TIMEOUT_S,
-                        simulator=sim,
-                    )
-                    if run.ok:
-                        run.rows = count_rows(out, client.rows_glob)
-                    rows[client.label].runs.append(run)
-                    self.say(f"  {client.label} #{rep + 1}: {_brief(run)}")
+            return self.clients_on(sim, clients, reps)
+
+    def clients_on(self, sim: Simulator, clients: Sequence[Client], reps: int | None = None) -> list[Row]:
+        """:meth:`clients` against a simulator already running (a scenario that sets it up itself)."""
+        rows = {c.label: Row(c.label) for c in clients}
+        for rep in range(reps or self.reps):
+            for client in clients:
+                out = self.work / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                run = measure(
+                    client.argv(sim.urls, out),
+                    log_path=self.log("client"),
+                    timeout_s=RUN_TIMEOUT_S,
+                    simulator=sim,
+                )
+                if run.ok:
+                    run.rows = count_rows(out, client.rows_glob)
+                rows[client.label].runs.append(run)
+                self.say(f"  {client.label} #{rep + 1}: {_brief(run)}")
         return list(rows.values())
 
     def run_step(

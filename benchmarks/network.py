@@ -5,12 +5,31 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from benchmarks.bench import CUTOFF_MS, DATE, DEFAULT_CONCURRENCY, Bench, Client, Scenario
 from benchmarks.harness import FleetSpec
 from benchmarks.tables import Row
 
+if TYPE_CHECKING:
+    from esl_operators.simulator.dataset import Fleet
+
 NETWORK_COLUMNS = ("wall_s", "requests", "req_per_s", "cpu_per_1000", "peak_rss_mb", "rows")
+
+
+def served_fleet(spec: FleetSpec) -> Fleet:
+    """The dataset the simulator serves for ``spec`` on the benchmarks' date, built again here (the
+    simulator builds it deterministically from the same arguments and seed)."""
+    from esl_operators.simulator import build_fleet, reference_ms_for
+
+    return build_fleet(
+        servers=spec.servers,
+        stores=spec.stores,
+        esls=spec.esls,
+        page_size=spec.page_size,
+        seed=spec.seed,
+        reference_ms=reference_ms_for(datetime.strptime(DATE, "%Y-%m-%d").date()),
+    )
 
 
 def fleet_facts(spec: FleetSpec) -> tuple[int, int] | None:
@@ -21,16 +40,7 @@ def fleet_facts(spec: FleetSpec) -> tuple[int, int] | None:
     """
     if spec.servers * spec.esls > 100_000:
         return None
-    from esl_operators.simulator import build_fleet, reference_ms_for
-
-    fleet = build_fleet(
-        servers=spec.servers,
-        stores=spec.stores,
-        esls=spec.esls,
-        page_size=spec.page_size,
-        seed=spec.seed,
-        reference_ms=reference_ms_for(datetime.strptime(DATE, "%Y-%m-%d").date()),
-    )
+    fleet = served_fleet(spec)
     needed = rows = 0
     for server in fleet.servers:
         needed += 1

@@ -407,37 +407,36 @@ class _Queue:
 _Outcome = ServerResult | Exception
 
 
-async def _run_servers(
-    slots: int,
-    queue: _Queue,
-    targets: Sequence[ServerTarget],
-    settings: FetchSettings,
-    sinks: Sequence[RowSink],
-    outcomes: list[_Outcome | None],
-) -> None:
+@dataclass(frozen=True)
+class _Work:
+    """What every loop thread shares: the queue of target indexes, the targets, their sinks, and
+    the outcome list each server's worker fills at its index."""
+
+    queue: _Queue
+    targets: Sequence[ServerTarget]
+    settings: FetchSettings
+    sinks: Sequence[RowSink]
+    outcomes: list[_Outcome | None]
+
+
+async def _run_servers(work: _Work, slots: int) -> None:
     """``slots`` servers at a time on this loop, each with its own session, limiter and semaphore
     (:func:`fetch_server`), until the queue is empty."""
 
     async def worker() -> None:
-        while (index := queue.take()) is not None:
+        while (index := work.queue.take()) is not None:
             try:
-                outcomes[index] = await fetch_server(targets[index], settings, sinks[index])
+                outcome: _Outcome = await fetch_server(work.targets[index], work.settings, work.sinks[index])
             except Exception as exc:  # noqa: BLE001 - that server's failure alone; raised by fetch_servers
-                outcomes[index] = exc
+                outcome = exc
+            work.outcomes[index] = outcome
 
     await asyncio.gather(*(worker() for _ in range(slots)))
 
 
-def _run_loop(
-    slots: int,
-    queue: _Queue,
-    targets: Sequence[ServerTarget],
-    settings: FetchSettings,
-    sinks: Sequence[RowSink],
-    outcomes: list[_Outcome | None],
-) -> None:
+def _run_loop(work: _Work, slots: int) -> None:
     # A fresh loop per thread, created and closed in it: nothing asyncio-bound crosses threads.
-    asyncio.run(_run_servers(slots, queue, targets, settings, sinks, outcomes))
+    asyncio.run(_run_servers(work, slots))
 
 
 def loop_slots(in_flight: int) -> list[int]:
@@ -470,15 +469,14 @@ def fetch_servers(
         raise ValueError(f"{len(sinks)} sinks for {len(targets)} targets")
     if not targets:
         return []
-    queue = _Queue(len(targets))
-    outcomes: list[_Outcome | None] = [None] * len(targets)
+    work = _Work(_Queue(len(targets)), targets, settings, sinks, [None] * len(targets))
     slots = loop_slots(min(max_threads, len(targets)))
     with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="esl-fetch") as pool:
-        loops = [pool.submit(_run_loop, n, queue, targets, settings, sinks, outcomes) for n in slots]
+        loops = [pool.submit(_run_loop, work, n) for n in slots]
         for done in loops:
             done.result()  # a loop itself never fails; BaseException (KeyboardInterrupt) passes
     results: list[ServerResult] = []
-    for outcome in outcomes:
+    for outcome in work.outcomes:
         if isinstance(outcome, Exception):
             raise outcome
         assert outcome is not None  # every index was taken by a worker that ran to completion

@@ -29,7 +29,7 @@ from esl_operators.engine import FetchSettings
 from esl_operators.records import PART_COLUMNS
 from esl_operators.retry import RetryPolicy
 from esl_operators.simulator import ServerData, SimulatorThread, reference_ms_for
-from esl_operators.simulator.process import read_lines, spawn
+from esl_operators.simulator.process import read_lines, spawn, stop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,13 +230,7 @@ def simulator_cli(args: Sequence[str], lines: int) -> Iterator[tuple[subprocess.
     try:
         yield proc, read_lines(proc, lines, timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate(timeout=10)
+        stop(proc)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from esl_operators.exceptions import StorageError
 from esl_operators.records import PART_COLUMNS
 from esl_operators.settings import MAX_LOOP_THREADS
 from esl_operators.simulator import Fleet, ServerData, SimulatorThread, build_fleet
-from esl_operators.simulator.process import read_lines
+from esl_operators.simulator.process import read_lines, stop
 from esl_operators.simulator.server import FILES_PER_SERVER, SPARE_FILES
 from tests.expected import expected_partition
 from tests.support import ANCHOR_MS, CUTOFF_MS, DS, REPO, ListSink, csv_rows, fetch_settings
@@ -72,12 +72,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str]
         lines = read_lines(proc, SERVERS, timeout=60)
         yield [line.split(" listening on ", 1)[1] for line in lines], _soft_limit(proc.pid), stderr
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=10)
+        stop(proc)
 
 
 def test_the_simulator_raises_its_own_open_files_limit(served: tuple[list[str], int, Path]) -> None:

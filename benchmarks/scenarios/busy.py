@@ -15,15 +15,14 @@ simulator's priority).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from benchmarks.bench import DATE, RUN_TIMEOUT_S, Bench, Client, Scenario, describe, ours
-from benchmarks.harness import PYTHON, FleetSpec, Simulator, count_rows, measure
+from benchmarks.bench import DATE, Bench, Client, Scenario, describe, ours
+from benchmarks.harness import PYTHON, FleetSpec, Simulator
 from benchmarks.network import NETWORK_COLUMNS, check_rows, fleet_facts, floor_row
 from benchmarks.tables import Row, find
 
@@ -62,28 +61,10 @@ def favour(pid: int) -> bool:
 
 def run_clients(bench: Bench, spec: FleetSpec, clients: list[Client], hogs: int) -> tuple[list[Row], bool]:
     """``Bench.clients`` with the hogs running and the simulator favoured; (rows, favoured)."""
-    rows = {c.label: Row(c.label) for c in clients}
     with cpu_hogs(hogs), Simulator(spec, DATE, bench.log("simulator")) as sim:
         assert sim._proc is not None  # the harness keeps the simulator's process to itself
         favoured = favour(sim._proc.pid)
-        for rep in range(bench.reps):
-            for client in clients:
-                out = bench.work / "out"
-                shutil.rmtree(out, ignore_errors=True)
-                run = measure(
-                    client.argv(sim.urls, out),
-                    log_path=bench.log("client"),
-                    timeout_s=RUN_TIMEOUT_S,
-                    simulator=sim,
-                )
-                if run.ok:
-                    run.rows = count_rows(out, client.rows_glob)
-                rows[client.label].runs.append(run)
-                text = f"{run.wall_s:.2f} s, {run.cpu_s:.2f} CPU s, rows {run.rows}, {run.requests} requests"
-                bench.say(
-                    f"  {client.label} #{rep + 1}: {text}" + ("" if run.ok else f", FAILED: {run.log_tail}")
-                )
-    return list(rows.values()), favoured
+        return bench.clients_on(sim, clients), favoured
 
 
 @contextmanager

@@ -25,13 +25,12 @@ import csv
 import json
 import shutil
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks.bench import CUTOFF_MS, DATE, PARTITIONS, RUN_TIMEOUT_S, Bench, Scenario, describe, ours
 from benchmarks.harness import FleetSpec, Simulator, count_rows, measure
-from benchmarks.network import fleet_facts
+from benchmarks.network import fleet_facts, served_fleet
 from benchmarks.scenarios.end_to_end import AIRFLOW, airflow_env, connect, prepare_airflow
 from benchmarks.tables import Row, find
 
@@ -57,16 +56,7 @@ limiter's ramp from 1 in flight (about 1 s), its log lines (about 0.5 s).
 
 def _expected_keys(spec: FleetSpec, names: list[str]) -> Counter[tuple[str, str]]:
     """(server, esl_id) of every label a correct export publishes, from the dataset served."""
-    from esl_operators.simulator import build_fleet, reference_ms_for
-
-    fleet = build_fleet(
-        servers=spec.servers,
-        stores=spec.stores,
-        esls=spec.esls,
-        page_size=spec.page_size,
-        seed=spec.seed,
-        reference_ms=reference_ms_for(datetime.strptime(DATE, "%Y-%m-%d").date()),
-    )
+    fleet = served_fleet(spec)
     return Counter(
         (names[server.index], esl["esl_id"])
         for server in fleet.servers

@@ -41,3 +41,16 @@ def read_lines(proc: subprocess.Popen[bytes], count: int, timeout: float) -> lis
                 raise RuntimeError(f"simulator exited early (code {proc.wait()}), printed {buffer!r}")
             buffer += chunk
     return buffer.decode().splitlines()[:count]
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop ``proc`` by its PID if it still runs: SIGTERM (the simulator stops cleanly on it), then
+    SIGKILL after ``timeout``, its pipes drained."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=timeout)
